@@ -1,0 +1,583 @@
+#!/usr/bin/env bash
+# portcullis vs. nginx reverse-proxy benchmark.
+#
+# Starts (all on 127.0.0.1, all torn down again on exit):
+#   - a fast upstream:       nginx, 1 worker, `return 200 '{"ok":true,"service":"bench"}'`
+#   - the reference proxy:   nginx, 1 worker, proxy_pass with an upstream keepalive pool
+#   - the proxy under test:  portcullis, threads: 1, one catch-all route to the same upstream
+# then runs alternating wrk rounds against both proxies and prints req/s, p50, p99
+# per round, the medians, and the portcullis/nginx ratio of median req/s.
+#
+# This is a benchmark, not a test: it is not part of CI. See load-tests/README.md.
+#
+# Knobs (environment):
+#   DURATION=4          seconds per measured wrk round
+#   ROUNDS=3            number of rounds (each round measures both proxies)
+#   CONNECTIONS=32      wrk -c
+#   WRK_THREADS=1       wrk -t
+#   WARMUP=1            seconds of warm-up per proxy and scenario before round 1 (0 = none)
+#   PORTCULLIS_BIN      default: target/release/portcullis (built with `cargo build --release`
+#                       if that default path is missing; an explicit path must exist)
+#   NO_BUILD=1          never run cargo; fail if the binary is missing
+#   UPSTREAM_PORT=18081 NGINX_PORT=18082 PORTCULLIS_PORT=18083 ADMIN_PORT=18084
+#                       if a port is not set explicitly and the default is busy, the next
+#                       free port is used; an explicitly set port must be free
+#   SCENARIOS=baseline  space-separated list of scenarios to run (see "scenarios" in this file)
+#   PIN_CPUS=0          1 = taskset: upstream + wrk on CPU 0, the proxy under test on CPU 1
+#   RESULT_FILE=        write a markdown snippet with the results to this path
+#   RESULT_JSON=        write the results as JSON to this path
+#   KEEP_TMP=0          1 = keep the temp dir (configs, logs) after exit
+#   NGINX_BIN, WRK_BIN  override the binaries (default: from PATH / /usr/sbin)
+#   DEBUG_STANDIN=0     1 = replace portcullis with a second nginx proxy (nginx vs nginx);
+#                       checks the harness itself and shows the noise floor of the ratio
+set -euo pipefail
+
+# ---------------------------------------------------------------- settings
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+cd "$REPO_ROOT"
+
+usage() { sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  "") ;;
+  *) echo "unknown argument: $1 (all knobs are environment variables, see --help)" >&2; exit 2 ;;
+esac
+
+DURATION="${DURATION:-4}"
+ROUNDS="${ROUNDS:-3}"
+CONNECTIONS="${CONNECTIONS:-32}"
+WRK_THREADS="${WRK_THREADS:-1}"
+WARMUP="${WARMUP:-1}"
+PIN_CPUS="${PIN_CPUS:-0}"
+KEEP_TMP="${KEEP_TMP:-0}"
+NO_BUILD="${NO_BUILD:-0}"
+DEBUG_STANDIN="${DEBUG_STANDIN:-0}"
+SCENARIOS="${SCENARIOS:-baseline}"
+RESULT_FILE="${RESULT_FILE:-}"
+RESULT_JSON="${RESULT_JSON:-}"
+DEFAULT_PORTCULLIS_BIN="target/release/portcullis"
+PORTCULLIS_BIN="${PORTCULLIS_BIN:-$DEFAULT_PORTCULLIS_BIN}"
+READY_TIMEOUT=10           # seconds to wait for each server to answer 200
+EXPECTED_BODY='{"ok":true,"service":"bench"}'
+
+for v in DURATION ROUNDS CONNECTIONS WRK_THREADS WARMUP; do
+  [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "$v must be a non-negative integer, got '${!v}'" >&2; exit 2; }
+done
+(( ROUNDS >= 1 && DURATION >= 1 && CONNECTIONS >= 1 && WRK_THREADS >= 1 )) ||
+  { echo "ROUNDS, DURATION, CONNECTIONS and WRK_THREADS must be >= 1" >&2; exit 2; }
+(( CONNECTIONS >= WRK_THREADS )) || { echo "CONNECTIONS must be >= WRK_THREADS (wrk rule)" >&2; exit 2; }
+
+log()  { printf '[bench] %s\n' "$*" >&2; }
+die()  { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- cleanup
+TMP=""
+PIDS=()            # "name:pid:signal" for every long-running process we started
+WRK_PID=""
+POLICY_RC_CREATED=0
+
+stop_pid() {  # name pid signal   -- pid leads its own process group (see start_bg)
+  local name="$1" pid="$2" sig="$3" i
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "-$sig" "$pid" 2>/dev/null || true           # the leader only: nginx master stops its workers
+    for ((i = 0; i < 50; i++)); do                    # up to 5 s
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name (pid $pid) ignored SIG$sig for 5 s, sending SIGKILL"
+    fi
+  fi
+  kill -KILL -- "-$pid" 2>/dev/null || true           # sweep the group: leader if stuck, orphans
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  if [[ -n "$WRK_PID" ]]; then kill -TERM "$WRK_PID" 2>/dev/null; wait "$WRK_PID" 2>/dev/null; fi
+  local i entry name pid sig
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do        # reverse start order: proxies before upstream
+    entry="${PIDS[$i]}"; name="${entry%%:*}"; entry="${entry#*:}"; pid="${entry%%:*}"; sig="${entry#*:}"
+    stop_pid "$name" "$pid" "$sig"
+  done
+  if (( POLICY_RC_CREATED )); then rm -f /usr/sbin/policy-rc.d; fi
+  if [[ -n "$TMP" && -d "$TMP" ]]; then
+    if (( rc != 0 && rc != 130 && rc != 143 )); then   # failure, not an interrupt: show logs
+      local f
+      for f in "$TMP"/*.log; do
+        [[ -s "$f" ]] || continue
+        log "---- last lines of $(basename "$f") ----"
+        tail -n 20 "$f" >&2
+      done
+    fi
+    if [[ "$KEEP_TMP" == 1 ]]; then log "kept temp dir $TMP"; else rm -rf "$TMP"; fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- dependencies
+as_root() { if (( EUID == 0 )); then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi; }
+
+apt_install() {  # pkg...
+  command -v apt-get >/dev/null || die "missing $*, and no apt-get to install it"
+  log "installing: $*"
+  # The nginx package must not start the distro's nginx service (port 80):
+  # without a policy-rc.d, add one that forbids service starts, for the install only.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+    POLICY_RC_CREATED=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! as_root apt-get install -y --no-install-recommends "$@" >/dev/null; then
+    as_root apt-get update >/dev/null
+    as_root apt-get install -y --no-install-recommends "$@" >/dev/null
+  fi
+  if (( POLICY_RC_CREATED )); then as_root rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+}
+
+find_nginx() {
+  if [[ -n "${NGINX_BIN:-}" ]]; then return; fi
+  NGINX_BIN="$(command -v nginx || true)"
+  [[ -z "$NGINX_BIN" && -x /usr/sbin/nginx ]] && NGINX_BIN=/usr/sbin/nginx
+  return 0
+}
+find_nginx
+missing=()
+[[ -n "$NGINX_BIN" ]] || missing+=(nginx)
+[[ -n "${WRK_BIN:-}" ]] || WRK_BIN="$(command -v wrk || true)"
+[[ -n "$WRK_BIN" ]] || missing+=(wrk)
+command -v curl >/dev/null || missing+=(curl)
+if (( ${#missing[@]} )); then
+  apt_install "${missing[@]}"
+  find_nginx
+  [[ -n "$WRK_BIN" ]] || WRK_BIN="$(command -v wrk || true)"
+fi
+[[ -x "$NGINX_BIN" ]] || die "nginx not found after install"
+[[ -x "$WRK_BIN" ]] || die "wrk not found after install"
+
+if [[ "$PIN_CPUS" == 1 ]]; then
+  command -v taskset >/dev/null || die "PIN_CPUS=1 needs taskset (util-linux)"
+  (( $(nproc) >= 2 )) || die "PIN_CPUS=1 needs at least 2 CPUs"
+  PIN_LOAD=(taskset -c 0)     # upstream + wrk
+  PIN_SUT=(taskset -c 1)      # proxy under test (nginx proxy / portcullis)
+else
+  PIN_LOAD=()
+  PIN_SUT=()
+fi
+
+# ---------------------------------------------------------------- portcullis binary
+if [[ "$DEBUG_STANDIN" != 1 ]]; then
+  if [[ ! -x "$PORTCULLIS_BIN" ]]; then
+    if [[ "$PORTCULLIS_BIN" == "$DEFAULT_PORTCULLIS_BIN" && "$NO_BUILD" != 1 ]]; then
+      log "$PORTCULLIS_BIN missing: cargo build --release"
+      cargo build --release
+    fi
+    [[ -x "$PORTCULLIS_BIN" ]] || die "portcullis binary not found/executable: $PORTCULLIS_BIN"
+  fi
+  if [[ "$PORTCULLIS_BIN" == "$DEFAULT_PORTCULLIS_BIN" ]] &&
+     [[ -n "$(find src Cargo.toml Cargo.lock -newer "$PORTCULLIS_BIN" -print -quit 2>/dev/null)" ]]; then
+    log "WARNING: sources are newer than $PORTCULLIS_BIN; run 'cargo build --release' to bench current code"
+  fi
+  case "$PORTCULLIS_BIN" in /*) ;; *) PORTCULLIS_BIN="$REPO_ROOT/$PORTCULLIS_BIN" ;; esac
+fi
+
+# A busy machine (e.g. a cargo build) makes the numbers meaningless; say so up front.
+LOAD1="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)"
+if awk -v l="$LOAD1" 'BEGIN { exit !(l > 0.5) }'; then
+  log "WARNING: 1-min load average is $LOAD1 before starting; results will be noisy (another build running?)"
+fi
+
+# ---------------------------------------------------------------- ports & temp dir
+port_busy() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+USED_PORTS=" "
+pick_port() {  # VAR default
+  local var="$1" p
+  if [[ -n "${!var:-}" ]]; then
+    p="${!var}"
+    port_busy "$p" && die "$var=$p is already in use"
+  else
+    p="$2"
+    while port_busy "$p" || [[ "$USED_PORTS" == *" $p "* ]]; do
+      p=$((p + 1)); (( p < 65535 )) || die "no free port for $var"
+    done
+  fi
+  [[ "$USED_PORTS" == *" $p "* ]] && die "$var=$p collides with another port"
+  USED_PORTS+="$p "
+  printf -v "$var" '%s' "$p"
+}
+pick_port UPSTREAM_PORT 18081
+pick_port NGINX_PORT 18082
+pick_port PORTCULLIS_PORT 18083
+pick_port ADMIN_PORT 18084
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")"
+chmod 755 "$TMP"     # nginx workers may run as an unprivileged user
+mkdir -p "$TMP/nginx-temp"
+
+# ---------------------------------------------------------------- scenarios
+# A scenario is a name plus: extra nginx `location` blocks, extra portcullis `routes`
+# entries, and a bench_pair call. To add one (e.g. a JWT route):
+#   1. write scenario_NAME_nginx   -> prints nginx location blocks (inside `server {}`)
+#   2. write scenario_NAME_routes  -> prints portcullis route list items (YAML, 2-space indent)
+#   3. write scenario_NAME_run     -> calls: bench_pair NAME URL_NGINX URL_PORTCULLIS [wrk args...]
+#      (wrk args, e.g. -H "authorization: Bearer $TOKEN", go to both proxies)
+#   4. run with SCENARIOS="baseline NAME"
+# Specific routes must come before the catch-all "/" route, which is always last.
+# Upstream keeps one response for every path, so new scenarios need no upstream change.
+
+scenario_baseline_nginx()  { :; }   # served by the catch-all `location /`
+scenario_baseline_routes() { :; }   # served by the catch-all route `all`
+scenario_baseline_run()    { bench_pair baseline "$NGINX_URL/" "$PORTCULLIS_URL/"; }
+
+for s in $SCENARIOS; do
+  declare -F "scenario_${s}_run" >/dev/null || die "unknown scenario '$s'"
+done
+
+# ---------------------------------------------------------------- configs
+nginx_common() {  # name
+  cat <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/$1.pid;
+error_log $TMP/$1-error.log warn;
+events { worker_connections 4096; }
+EOF
+}
+nginx_http_common() {  # name
+  cat <<EOF
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $TMP/nginx-temp/$1-body;
+    proxy_temp_path       $TMP/nginx-temp/$1-proxy;
+    fastcgi_temp_path     $TMP/nginx-temp/$1-fastcgi;
+    uwsgi_temp_path       $TMP/nginx-temp/$1-uwsgi;
+    scgi_temp_path        $TMP/nginx-temp/$1-scgi;
+EOF
+}
+
+write_upstream_conf() {
+  { nginx_common upstream
+    cat <<EOF
+http {
+$(nginx_http_common upstream)
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT;
+        location / {
+            default_type application/json;
+            return 200 '$EXPECTED_BODY';
+        }
+    }
+}
+EOF
+  } >"$TMP/upstream.conf"
+}
+
+write_proxy_conf() {  # name port
+  local s
+  { nginx_common "$1"
+    cat <<EOF
+http {
+$(nginx_http_common "$1")
+    upstream up {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 256;
+        keepalive_requests 1000000;   # default 1000 would recycle upstream conns
+    }
+    server {
+        listen 127.0.0.1:$2;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+EOF
+    for s in $SCENARIOS; do "scenario_${s}_nginx"; done
+    cat <<EOF
+        location / {
+            proxy_pass http://up;
+        }
+    }
+}
+EOF
+  } >"$TMP/$1.conf"
+}
+
+write_portcullis_conf() {
+  local s
+  { cat <<EOF
+server:
+  listen: ["127.0.0.1:$PORTCULLIS_PORT"]
+  admin_listen: "127.0.0.1:$ADMIN_PORT"
+  threads: 1
+  pid_file: $TMP/portcullis.pid
+  upgrade_sock: $TMP/portcullis-upgrade.sock
+  grace_period: 1s
+  graceful_shutdown_timeout: 1s
+upstreams:
+  bench:
+    backends: ["127.0.0.1:$UPSTREAM_PORT"]
+routes:
+EOF
+    for s in $SCENARIOS; do "scenario_${s}_routes"; done
+    cat <<EOF
+  - name: all
+    match: { path_prefix: / }
+    upstream: bench
+EOF
+  } >"$TMP/portcullis.yaml"
+}
+
+# ---------------------------------------------------------------- process control
+start_bg() {  # name stop-signal cmd...   (stdout+stderr -> $TMP/name.log)
+  local name="$1" sig="$2" pid; shift 2
+  # setsid: own process group (pgid == pid), so cleanup can sweep children too and
+  # a Ctrl-C reaches only this script, whose trap then stops everything in order.
+  # (A background job of a script is never a group leader, so setsid does not fork.)
+  setsid "$@" >"$TMP/$name.log" 2>&1 </dev/null &
+  pid=$!
+  PIDS+=("$name:$pid:$sig")
+  log "started $name (pid $pid): $*"
+}
+pid_of() { local e; for e in "${PIDS[@]}"; do [[ "${e%%:*}" == "$1" ]] && { e="${e#*:}"; echo "${e%%:*}"; return; }; done; }
+
+start_nginx() {  # name pin...
+  local name="$1"; shift
+  "$NGINX_BIN" -t -q -p "$TMP" -e "$TMP/$name-error.log" -c "$TMP/$name.conf" >"$TMP/$name-configtest.log" 2>&1 ||
+    { cat "$TMP/$name-configtest.log" >&2; die "nginx config $TMP/$name.conf is invalid"; }
+  start_bg "$name" TERM "$@" "$NGINX_BIN" -p "$TMP" -e "$TMP/$name-error.log" -c "$TMP/$name.conf"
+}
+
+wait_ready() {  # name url   -- poll until HTTP 200, max READY_TIMEOUT s; fail fast if the process died
+  local name="$1" url="$2" pid code deadline
+  pid="$(pid_of "$name")"
+  deadline=$((SECONDS + READY_TIMEOUT))
+  while :; do
+    kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) exited before becoming ready (log: $TMP/$name.log)"
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null || true)"
+    [[ "$code" == 200 ]] && break
+    (( SECONDS < deadline )) || die "$name not ready: $url answered '${code:-nothing}' for ${READY_TIMEOUT}s"
+    sleep 0.05
+  done
+  log "$name ready at $url"
+}
+
+check_body() {  # name url  -- the proxy must really forward to the bench upstream
+  local body
+  body="$(curl -s --max-time 2 "$1" 2>/dev/null || true)"
+  [[ "$body" == "$EXPECTED_BODY" ]] || die "$1 returned '$body', expected '$EXPECTED_BODY'"
+}
+
+# ---------------------------------------------------------------- wrk + parsing
+WRK_ARGS=(-t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
+
+run_wrk() {  # outfile duration url [wrk args...]   -- in background so traps fire promptly
+  local out="$1" dur="$2"; shift 2
+  "${PIN_LOAD[@]}" "$WRK_BIN" -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${dur}s" --latency "$@" >"$out" 2>&1 </dev/null &
+  WRK_PID=$!
+  if ! wait "$WRK_PID"; then WRK_PID=""; cat "$out" >&2; die "wrk failed: $*"; fi
+  WRK_PID=""
+}
+
+# prints: rps p50_ms p99_ms errors  (errors = non-2xx/3xx responses + socket errors)
+parse_wrk() {
+  awk '
+    function ms(v,   n, u) {
+      n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
+      if (u == "us") return n / 1000
+      if (u == "ms") return n
+      if (u == "s")  return n * 1000
+      if (u == "m")  return n * 60000
+      bad = 1; return -1
+    }
+    /^ *50% / { p50 = ms($2) }
+    /^ *99% / { p99 = ms($2) }
+    /^Requests\/sec:/ { rps = $2 }
+    /Non-2xx or 3xx responses:/ { err += $NF }
+    /Socket errors:/ { for (i = 3; i <= NF; i++) { v = $i; gsub(/,/, "", v); if (v ~ /^[0-9]+$/) err += v } }
+    END {
+      if (bad || rps == "" || p50 == "" || p99 == "") exit 1
+      printf "%.2f %.3f %.3f %d\n", rps, p50, p99, err
+    }' "$1"
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { printf "%.3f\n", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+# table row: label proxy "rps p50 p99 errors"
+row() { local v; read -ra v <<<"$3"; printf '%-8s %-14s %10.0f %9.3f %9.3f %7s\n' "$1" "$2" "${v[@]}"; }
+
+# ---------------------------------------------------------------- results
+declare -A RES=()      # "scenario|proxy|round" -> "rps p50 p99 errors"
+RUN_SCENARIOS=()
+WRK_EXTRA_DESC=()      # per scenario: extra wrk args, for the report
+SUT_LABEL="portcullis"
+[[ "$DEBUG_STANDIN" == 1 ]] && SUT_LABEL="nginx-standin"
+
+bench_one() {  # scenario proxy round url [wrk args...]
+  local sc="$1" px="$2" r="$3" url="$4" out vals; shift 4
+  out="$TMP/wrk-$sc-$px-$r.txt"
+  run_wrk "$out" "$DURATION" "$@" "$url"
+  vals="$(parse_wrk "$out")" || { cat "$out" >&2; die "could not parse wrk output ($out)"; }
+  RES["$sc|$px|$r"]="$vals"
+  local a; read -ra a <<<"$vals"
+  log "$(printf '%-10s round %d %-14s %10s req/s  p50 %7s ms  p99 %7s ms  errors %s' "$sc" "$r" "$px" "${a[@]}")"
+  (( a[3] == 0 )) || log "WARNING: $px had ${a[3]} errors (non-2xx or socket errors) in round $r of $sc"
+}
+
+bench_pair() {  # name url_nginx url_portcullis [wrk args...]
+  local name="$1" un="$2" up="$3" r; shift 3
+  RUN_SCENARIOS+=("$name")
+  local desc=""
+  (( $# == 0 )) || desc="$(printf '%q ' "$@")"
+  WRK_EXTRA_DESC+=("$desc")
+  check_body "$un"; check_body "$up"
+  if (( WARMUP > 0 )); then
+    log "$name: warm-up ${WARMUP}s each"
+    run_wrk "$TMP/warmup-$name-nginx.txt" "$WARMUP" "$@" "$un"
+    run_wrk "$TMP/warmup-$name-$SUT_LABEL.txt" "$WARMUP" "$@" "$up"
+  fi
+  for ((r = 1; r <= ROUNDS; r++)); do
+    if (( r % 2 )); then
+      bench_one "$name" nginx "$r" "$un" "$@"
+      bench_one "$name" "$SUT_LABEL" "$r" "$up" "$@"
+    else
+      bench_one "$name" "$SUT_LABEL" "$r" "$up" "$@"
+      bench_one "$name" nginx "$r" "$un" "$@"
+    fi
+  done
+}
+
+# ---------------------------------------------------------------- start everything
+write_upstream_conf
+write_proxy_conf nginx-proxy "$NGINX_PORT"
+start_nginx upstream "${PIN_LOAD[@]}"
+wait_ready upstream "http://127.0.0.1:$UPSTREAM_PORT/"
+
+start_nginx nginx-proxy "${PIN_SUT[@]}"
+NGINX_URL="http://127.0.0.1:$NGINX_PORT"
+
+if [[ "$DEBUG_STANDIN" == 1 ]]; then
+  log "DEBUG_STANDIN=1: a second nginx proxy stands in for portcullis"
+  write_proxy_conf "$SUT_LABEL" "$PORTCULLIS_PORT"
+  start_nginx "$SUT_LABEL" "${PIN_SUT[@]}"
+  SUT_VERSION="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
+else
+  write_portcullis_conf
+  if ! timeout 10 "$PORTCULLIS_BIN" -t -c "$TMP/portcullis.yaml" >"$TMP/portcullis-configtest.log" 2>&1; then
+    cat "$TMP/portcullis-configtest.log" >&2
+    die "'$PORTCULLIS_BIN -t -c $TMP/portcullis.yaml' failed"
+  fi
+  start_bg "$SUT_LABEL" INT env RUST_LOG=warn "${PIN_SUT[@]}" "$PORTCULLIS_BIN" -c "$TMP/portcullis.yaml"
+  SUT_VERSION="$(timeout 5 "$PORTCULLIS_BIN" -V 2>/dev/null | head -n1 || true)"
+  SUT_VERSION="${SUT_VERSION#portcullis }"
+  SUT_VERSION="${SUT_VERSION:-(no -V)}, git $(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo "(no commit)")"
+fi
+PORTCULLIS_URL="http://127.0.0.1:$PORTCULLIS_PORT"
+wait_ready nginx-proxy "$NGINX_URL/"
+wait_ready "$SUT_LABEL" "$PORTCULLIS_URL/"
+
+for s in $SCENARIOS; do "scenario_${s}_run"; done
+
+# ---------------------------------------------------------------- report
+CPU_MODEL="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)"
+MACHINE="nproc=$(nproc), kernel $(uname -r), cpu: ${CPU_MODEL:-unknown}, load1 at start: $LOAD1"
+NGINX_VERSION="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
+WRK_VERSION="$("$WRK_BIN" -v 2>&1 | head -n1 | awk '{ print $1, $2 }' || true)"
+PIN_DESC="no CPU pinning"
+[[ "$PIN_CPUS" == 1 ]] && PIN_DESC="pinned: upstream+wrk on CPU 0, proxy under test on CPU 1"
+WRK_CMD="wrk ${WRK_ARGS[*]} URL"
+
+field() { local a; read -ra a <<<"$1"; echo "${a[$2]}"; }   # "rps p50 p99 err" index
+
+declare -A MED=()      # "scenario|proxy" -> "rps p50 p99 errors_total"
+for sc in "${RUN_SCENARIOS[@]}"; do
+  for px in nginx "$SUT_LABEL"; do
+    rs=(); p5=(); p9=(); et=0
+    for ((r = 1; r <= ROUNDS; r++)); do
+      rv="${RES["$sc|$px|$r"]}"
+      rs+=("$(field "$rv" 0)"); p5+=("$(field "$rv" 1)"); p9+=("$(field "$rv" 2)"); et=$((et + $(field "$rv" 3)))
+    done
+    MED["$sc|$px"]="$(median "${rs[@]}") $(median "${p5[@]}") $(median "${p9[@]}") $et"
+  done
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
+
+{
+  echo
+  echo "machine:   $MACHINE"
+  echo "versions:  nginx $NGINX_VERSION, $WRK_VERSION, $SUT_LABEL $SUT_VERSION"
+  echo "setup:     upstream nginx (1 worker) <- proxy (1 worker / threads: 1) <- wrk; $PIN_DESC"
+  echo "command:   $WRK_CMD   (rounds: $ROUNDS, alternating order, warm-up ${WARMUP}s)"
+  for i in "${!RUN_SCENARIOS[@]}"; do
+    sc="${RUN_SCENARIOS[$i]}"
+    [[ -n "${WRK_EXTRA_DESC[$i]}" ]] && echo "           $sc extra wrk args: ${WRK_EXTRA_DESC[$i]}"
+  done
+  for sc in "${RUN_SCENARIOS[@]}"; do
+    echo
+    echo "scenario: $sc"
+    printf '%-8s %-14s %10s %9s %9s %7s\n' round proxy req/s "p50 ms" "p99 ms" errors
+    for ((r = 1; r <= ROUNDS; r++)); do
+      for px in nginx "$SUT_LABEL"; do
+        row "$r" "$px" "${RES["$sc|$px|$r"]}"
+      done
+    done
+    for px in nginx "$SUT_LABEL"; do
+      row median "$px" "${MED["$sc|$px"]}"
+    done
+    read -ra n <<<"${MED["$sc|nginx"]}"; read -ra p <<<"${MED["$sc|$SUT_LABEL"]}"
+    echo "ratio $SUT_LABEL/nginx: median req/s $(ratio "${p[0]}" "${n[0]}"), median p99 $(ratio "${p[2]}" "${n[2]}")"
+    (( n[3] + p[3] == 0 )) || echo "WARNING: errors were recorded (see errors column); the numbers above are suspect"
+  done
+} | tee "$TMP/report.txt"
+
+if [[ -n "$RESULT_FILE" ]]; then
+  {
+    echo "### portcullis vs nginx ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+    echo
+    echo "- machine: $MACHINE"
+    echo "- versions: nginx $NGINX_VERSION, $WRK_VERSION, $SUT_LABEL $SUT_VERSION"
+    echo "- command: \`$WRK_CMD\`, $ROUNDS rounds alternating, warm-up ${WARMUP}s, $PIN_DESC"
+    for sc in "${RUN_SCENARIOS[@]}"; do
+      read -ra n <<<"${MED["$sc|nginx"]}"; read -ra p <<<"${MED["$sc|$SUT_LABEL"]}"
+      echo
+      echo "| $sc | req/s (median) | p50 ms | p99 ms | errors |"
+      echo "|---|---:|---:|---:|---:|"
+      printf '| %s | %.0f | %.3f | %.3f | %s |\n' nginx "${n[@]}" "$SUT_LABEL" "${p[@]}"
+      echo
+      echo "$SUT_LABEL/nginx median req/s: **$(ratio "${p[0]}" "${n[0]}")**"
+    done
+  } >"$RESULT_FILE"
+  log "wrote $RESULT_FILE"
+fi
+
+if [[ -n "$RESULT_JSON" ]]; then
+  json_esc() { local s="${1//\\/\\\\}"; s="${s//\"/\\\"}"; printf '%s' "$s"; }
+  {
+    printf '{\n  "machine": "%s",\n  "nginx_version": "%s",\n  "wrk_command": "%s",\n' \
+      "$(json_esc "$MACHINE")" "$(json_esc "$NGINX_VERSION")" "$(json_esc "$WRK_CMD")"
+    printf '  "proxy_under_test": "%s",\n  "rounds": %d,\n  "duration_s": %d,\n  "connections": %d,\n  "cpu_pinning": %s,\n  "scenarios": {' \
+      "$SUT_LABEL" "$ROUNDS" "$DURATION" "$CONNECTIONS" "$([[ "$PIN_CPUS" == 1 ]] && echo true || echo false)"
+    sep=""
+    for sc in "${RUN_SCENARIOS[@]}"; do
+      read -ra n <<<"${MED["$sc|nginx"]}"; read -ra p <<<"${MED["$sc|$SUT_LABEL"]}"
+      printf '%s\n    "%s": {\n' "$sep" "$sc"
+      for px in nginx "$SUT_LABEL"; do
+        read -ra m <<<"${MED["$sc|$px"]}"
+        printf '      "%s": {"median": {"rps": %s, "p50_ms": %s, "p99_ms": %s}, "errors": %s, "rounds": [' "$px" "${m[@]}"
+        rsep=""
+        for ((r = 1; r <= ROUNDS; r++)); do
+          read -ra v <<<"${RES["$sc|$px|$r"]}"
+          printf '%s{"rps": %s, "p50_ms": %s, "p99_ms": %s, "errors": %s}' "$rsep" "${v[@]}"
+          rsep=", "
+        done
+        printf ']},\n'
+      done
+      printf '      "ratio_rps": %s\n    }' "$(ratio "${p[0]}" "${n[0]}" | sed 's/^n\/a$/null/')"
+      sep=","
+    done
+    printf '\n  }\n}\n'
+  } >"$RESULT_JSON"
+  log "wrote $RESULT_JSON"
+fi

@@ -1,0 +1,57 @@
+//! The admin listener: `/healthz` (the process answers), `/readyz` (every upstream has a
+//! healthy backend). `/metrics` joins them when metrics arrive.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+
+use crate::runtime::Runtime;
+
+pub struct AdminApp {
+    runtime: Arc<Runtime>,
+}
+
+impl AdminApp {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        AdminApp { runtime }
+    }
+
+    /// The admin answer for a path, as status and JSON body.
+    pub fn answer(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        match path {
+            "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+            "/readyz" => {
+                let unready = self.runtime.unready_upstreams();
+                if unready.is_empty() {
+                    (StatusCode::OK, serde_json::json!({"status": "ready"}))
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"status": "not_ready", "unready_upstreams": unready}),
+                    )
+                }
+            }
+            _ => (
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found", "message": "admin endpoints: /healthz, /readyz"}),
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let (status, body) = self.answer(session.req_header().uri.path());
+        let body = body.to_string().into_bytes();
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,220 @@
+//! The edge of a client connection: everything that happens before Pingora's proxy sees a
+//! request, and between two requests on one connection.
+//!
+//! Pingora reads the request header itself, with a timeout per read, so a client trickling
+//! one byte at a time can hold a connection forever, and it has no idle timeout between
+//! requests nor a bound below 1 MiB on header size. This app sits under the proxy: it reads
+//! each request header itself, under one deadline for the WHOLE header
+//! (`request_header_timeout`), an `idle_timeout` for the wait before a keep-alive request
+//! starts, and `max_request_header_bytes`; it refuses malformed request heads with a JSON 400;
+//! then it hands the bytes it read to a Pingora session as its first input, so nothing is
+//! parsed from the socket twice, and counts `keepalive_requests` per connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{timeout_at, Instant};
+
+use crate::config::ServerConfig;
+use crate::proxy::headers::new_request_id;
+use crate::respond::{ErrorCode, GatewayError};
+
+/// Most header lines a request may carry (beyond: 431).
+const MAX_HEADERS: usize = 128;
+
+/// How a connection's request heads are bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLimits {
+    pub max_header_bytes: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub keepalive_requests: u32,
+}
+
+impl EdgeLimits {
+    pub fn from_config(s: &ServerConfig) -> Self {
+        EdgeLimits {
+            max_header_bytes: s.max_request_header_bytes,
+            header_timeout: s.request_header_timeout,
+            idle_timeout: s.idle_timeout,
+            keepalive_requests: s.keepalive_requests,
+        }
+    }
+}
+
+/// What reading one request head came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// A complete, well-formed head (and maybe the start of the body) is in the buffer.
+    Complete,
+    /// The connection closed, or sat idle, before a request began: close quietly.
+    Gone,
+    /// The head did not complete within the deadline: close.
+    TimedOut,
+    /// Refuse with this answer and close.
+    Refuse(ErrorCode),
+}
+
+/// Checks a buffer for a complete request head. `Ok(true)`: complete.
+pub fn check_head(buf: &[u8], max_bytes: usize) -> Result<bool, ErrorCode> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > max_bytes => Err(ErrorCode::HeadersTooLarge),
+        Ok(httparse::Status::Complete(_)) => Ok(true),
+        Ok(httparse::Status::Partial) if buf.len() > max_bytes => Err(ErrorCode::HeadersTooLarge),
+        Ok(httparse::Status::Partial) => Ok(false),
+        Err(httparse::Error::TooManyHeaders) => Err(ErrorCode::HeadersTooLarge),
+        Err(_) => Err(ErrorCode::BadRequest),
+    }
+}
+
+/// The app Pingora runs per accepted connection.
+pub struct EdgeApp<A> {
+    proxy: Arc<A>,
+    limits: EdgeLimits,
+}
+
+impl<A> EdgeApp<A> {
+    pub fn new(proxy: A, limits: EdgeLimits) -> Self {
+        EdgeApp {
+            proxy: Arc::new(proxy),
+            limits,
+        }
+    }
+}
+
+impl<A> EdgeApp<A> {
+    /// Reads one request head into `buf`. The first request's deadline runs from accept;
+    /// later ones wait up to `idle_timeout` for a first byte, then get the header deadline.
+    async fn read_head(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        first: bool,
+        shutdown: &ShutdownWatch,
+    ) -> Head {
+        let mut deadline = first.then(|| Instant::now() + self.limits.header_timeout);
+        let mut shutdown = shutdown.clone();
+        loop {
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(4096);
+            }
+            let wait_until = deadline.unwrap_or_else(|| Instant::now() + self.limits.idle_timeout);
+            let read = tokio::select! {
+                biased;
+                r = timeout_at(wait_until, stream.read_buf(buf)) => r,
+                _ = shutdown.changed(), if deadline.is_none() => return Head::Gone,
+            };
+            match read {
+                Err(_) if deadline.is_none() => return Head::Gone,
+                Err(_) => return Head::TimedOut,
+                Ok(Ok(0)) | Ok(Err(_)) => return Head::Gone,
+                Ok(Ok(_)) => {}
+            }
+            deadline.get_or_insert_with(|| Instant::now() + self.limits.header_timeout);
+            match check_head(buf, self.limits.max_header_bytes) {
+                Ok(true) => return Head::Complete,
+                Ok(false) => {}
+                Err(code) => return Head::Refuse(code),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for EdgeApp<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let idle_secs = self.limits.idle_timeout.as_secs().max(1);
+        let mut served: u32 = 0;
+        loop {
+            let mut buf = BytesMut::with_capacity(4096);
+            match self
+                .read_head(&mut stream, &mut buf, served == 0, shutdown)
+                .await
+            {
+                Head::Complete => {}
+                Head::Gone | Head::TimedOut => return None,
+                Head::Refuse(code) => {
+                    let answer =
+                        GatewayError::new(code).to_http1(new_request_id().to_str().unwrap_or(""));
+                    // Best effort: the client may already be gone.
+                    let _ = stream.write_all(&answer).await;
+                    let _ = stream.flush().await;
+                    let _ = stream.shutdown().await;
+                    return None;
+                }
+            }
+            served += 1;
+            let last = served >= self.limits.keepalive_requests || *shutdown.borrow();
+            let mut session = ServerSession::new_http1(stream);
+            session.set_keepalive(if last { None } else { Some(idle_secs) });
+            session.set_pipelined_prefix(buf);
+            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            if last {
+                return None;
+            }
+            // Pipelining is off, so Pingora never hands back bytes of a next request.
+            let (s, _settings) = reused.consume();
+            stream = s;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_checks() {
+        assert_eq!(
+            check_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1024),
+            Ok(true)
+        );
+        assert_eq!(
+            check_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 1024),
+            Ok(false)
+        );
+        assert_eq!(check_head(b"GET / HTTP/1.1\r\n", 1024), Ok(false));
+        assert_eq!(
+            check_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 10),
+            Err(ErrorCode::HeadersTooLarge)
+        );
+        assert_eq!(
+            check_head(&[b'a'; 2000], 1024),
+            Err(ErrorCode::HeadersTooLarge)
+        );
+        assert_eq!(
+            check_head(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 1024),
+            Err(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            check_head(b"GET /\x01 HTTP/1.1\r\n\r\n", 1024),
+            Err(ErrorCode::BadRequest)
+        );
+        let many: String = (0..200).map(|i| format!("h{i}: v\r\n")).collect();
+        let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(
+            check_head(req.as_bytes(), 1 << 20),
+            Err(ErrorCode::HeadersTooLarge)
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The `ProxyHttp` implementation: the conductor. Each phase asks a module for a decision and
+//! carries it out; only this module writes to the session.
+
+pub mod headers;
+pub mod plan;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::config::HashKey;
+use crate::respond::{ErrorCode, GatewayError};
+use crate::routing::RouteId;
+use crate::runtime::Runtime;
+use crate::upstream::SelectError;
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    request_id: Option<HeaderValue>,
+    route: Option<RouteId>,
+    upstream_target: Option<String>,
+    /// Backends this request failed to connect to.
+    tried: Vec<SocketAddr>,
+    connect_retries: u32,
+    body_bytes: u64,
+    /// A decision already made about how this request fails, when the error alone is not enough.
+    failure: Option<GatewayError>,
+}
+
+impl RequestCtx {
+    fn request_id(&mut self) -> &HeaderValue {
+        self.request_id.get_or_insert_with(headers::new_request_id)
+    }
+}
+
+pub struct Gateway {
+    runtime: Arc<Runtime>,
+}
+
+impl Gateway {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Gateway { runtime }
+    }
+
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        err: &GatewayError,
+    ) -> Result<()> {
+        let id = ctx.request_id().clone();
+        let body = err.body(id.to_str().unwrap_or(""));
+        let head = err.header(&id, body.len(), false);
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(head), head_only)
+            .await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.request_id = Some(headers::request_id(session.req_header()));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match plan::plan(&self.runtime, session.req_header()) {
+            Ok(p) => {
+                ctx.route = Some(p.route);
+                ctx.upstream_target = p.upstream_target;
+                Ok(false)
+            }
+            Err(e) => {
+                self.respond(session, ctx, &e).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > self.runtime.server.max_request_body_bytes {
+                ctx.failure = Some(GatewayError::new(ErrorCode::PayloadTooLarge));
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over max_request_body_bytes",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        let cluster = &self.runtime.clusters[self.runtime.routes[route].cluster];
+        let mut ip_buf = [0u8; 16];
+        let key: &[u8] = match &cluster.hash_key {
+            HashKey::Header(name) => match session.req_header().headers.get(name) {
+                Some(v) => v.as_bytes(),
+                None => client_ip_key(session, &mut ip_buf),
+            },
+            HashKey::ClientIp => client_ip_key(session, &mut ip_buf),
+        };
+        match cluster.select(key, &ctx.tried) {
+            Ok(peer) => Ok(Box::new(peer)),
+            Err(SelectError::NoHealthyBackend) => {
+                ctx.failure = Some(GatewayError::new(ErrorCode::ServiceUnavailable));
+                Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend")
+            }
+            Err(SelectError::AllTried) => {
+                ctx.failure = Some(GatewayError::new(ErrorCode::BadGateway));
+                Error::e_explain(ErrorType::HTTPStatus(502), "every healthy backend refused")
+            }
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(route) = ctx.route else { return e };
+        let cluster = &self.runtime.clusters[self.runtime.routes[route].cluster];
+        if let Some(addr) = peer.address().as_inet() {
+            ctx.tried.push(*addr);
+            cluster.report_connect_failure(addr);
+        }
+        // Nothing was sent, so any method may go to another backend.
+        if ctx.connect_retries < cluster.retries {
+            ctx.connect_retries += 1;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned();
+        let id = ctx.request_id().clone();
+        headers::prepare_upstream_request(upstream_request, client_ip, &id, host.as_ref());
+        if let Some(target) = ctx.upstream_target.take() {
+            let uri = target.parse::<http::Uri>().map_err(|_| {
+                Error::explain(ErrorType::InternalError, "rewritten target is not a URI")
+            })?;
+            upstream_request.set_uri(uri);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let id = ctx.request_id().clone();
+        headers::prepare_response(upstream_response, &id);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let Some(err) = ctx.failure.take().or_else(|| classify(e)) else {
+            // The client is gone; there is nobody to answer.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let status = err.code.status().as_u16();
+        if session.response_written().is_none() {
+            if let Err(write_err) = self.respond(session, ctx, &err).await {
+                log::debug!("could not send error response: {write_err}");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// The client IP's bytes, for hashing.
+fn client_ip_key<'b>(session: &Session, buf: &'b mut [u8; 16]) -> &'b [u8] {
+    match session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+    {
+        Some(std::net::IpAddr::V4(v4)) => {
+            buf[..4].copy_from_slice(&v4.octets());
+            &buf[..4]
+        }
+        Some(std::net::IpAddr::V6(v6)) => {
+            *buf = v6.octets();
+            &buf[..]
+        }
+        None => &buf[..0],
+    }
+}
+
+/// Maps a proxy error to the answer the client gets; `None` when the client itself failed.
+pub fn classify(e: &Error) -> Option<GatewayError> {
+    use ErrorType::*;
+    let code = match e.etype() {
+        HTTPStatus(413) => ErrorCode::PayloadTooLarge,
+        HTTPStatus(503) => ErrorCode::ServiceUnavailable,
+        HTTPStatus(504) => ErrorCode::GatewayTimeout,
+        HTTPStatus(400) => ErrorCode::BadRequest,
+        HTTPStatus(_) => ErrorCode::BadGateway,
+        _ => match e.esource() {
+            ErrorSource::Downstream => match e.etype() {
+                ReadError | WriteError | ConnectionClosed => return None,
+                _ => ErrorCode::BadRequest,
+            },
+            _ => match e.etype() {
+                ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+                    ErrorCode::GatewayTimeout
+                }
+                _ => ErrorCode::BadGateway,
+            },
+        },
+    };
+    Some(GatewayError::new(code))
+}
