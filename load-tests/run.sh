@@ -188,9 +188,18 @@ if [[ "$DEBUG_STANDIN" != 1 ]]; then
 fi
 
 # A busy machine (e.g. a cargo build) makes the numbers meaningless; say so up front.
-LOAD1="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)"
-if awk -v l="$LOAD1" 'BEGIN { exit !(l > 0.5) }'; then
-  log "WARNING: 1-min load average is $LOAD1 before starting; results will be noisy (another build running?)"
+# CPU busy % over 0.5 s from /proc/stat (all CPUs), plus any running rustc/cc.
+cpu_sample() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat; }
+BUSY_PCT="?"
+if [[ -r /proc/stat ]]; then
+  read -r t0 i0 < <(cpu_sample); sleep 0.5; read -r t1 i1 < <(cpu_sample)
+  BUSY_PCT="$(awk -v dt=$((t1 - t0)) -v di=$((i1 - i0)) 'BEGIN { printf "%.0f", dt > 0 ? 100 * (dt - di) / dt : 0 }')"
+  if (( BUSY_PCT > 20 )); then
+    log "WARNING: CPUs are ${BUSY_PCT}% busy before starting; results will be noisy"
+  fi
+fi
+if pgrep -x 'rustc|cc1|cc1plus|ld|cargo' >/dev/null 2>&1; then
+  log "WARNING: a compiler (cargo/rustc/cc) is running; results will be noisy"
 fi
 
 # ---------------------------------------------------------------- ports & temp dir
@@ -482,7 +491,7 @@ for s in $SCENARIOS; do "scenario_${s}_run"; done
 
 # ---------------------------------------------------------------- report
 CPU_MODEL="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)"
-MACHINE="nproc=$(nproc), kernel $(uname -r), cpu: ${CPU_MODEL:-unknown}, load1 at start: $LOAD1"
+MACHINE="nproc=$(nproc), kernel $(uname -r), cpu: ${CPU_MODEL:-unknown}, cpu busy at start: ${BUSY_PCT}%"
 NGINX_VERSION="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
 WRK_VERSION="$("$WRK_BIN" -v 2>&1 | head -n1 | awk '{ print $1, $2 }' || true)"
 PIN_DESC="no CPU pinning"

@@ -24,13 +24,23 @@ impl AdminApp {
         match path {
             "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
             "/readyz" => {
+                let mut upstreams = serde_json::Map::new();
+                for c in &self.runtime.clusters {
+                    upstreams.insert(
+                        c.name.to_string(),
+                        serde_json::json!({"healthy": c.healthy_backends(), "backends": c.backend_count()}),
+                    );
+                }
                 let unready = self.runtime.unready_upstreams();
                 if unready.is_empty() {
-                    (StatusCode::OK, serde_json::json!({"status": "ready"}))
+                    (
+                        StatusCode::OK,
+                        serde_json::json!({"status": "ready", "upstreams": upstreams}),
+                    )
                 } else {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        serde_json::json!({"status": "not_ready", "unready_upstreams": unready}),
+                        serde_json::json!({"status": "not_ready", "unready_upstreams": unready, "upstreams": upstreams}),
                     )
                 }
             }

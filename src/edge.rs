@@ -162,7 +162,10 @@ where
             served += 1;
             let last = served >= self.limits.keepalive_requests || *shutdown.borrow();
             let mut session = ServerSession::new_http1(stream);
-            session.set_keepalive(if last { None } else { Some(idle_secs) });
+            // Pingora re-derives keep-alive from the request's own Connection header, so the
+            // "this is the last one" decision goes through the reuse budget, which it keeps.
+            session.set_keepalive(Some(idle_secs));
+            session.set_keepalive_reuses_remaining(last.then_some(0));
             session.set_pipelined_prefix(buf);
             let reused = self.proxy.process_new_http(session, shutdown).await?;
             if last {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
@@ -57,10 +56,8 @@ pub fn run(cfg: Config, flags: ProcessFlags) -> ! {
     let (runtime, background) = Runtime::build(&cfg);
     let runtime = Arc::new(runtime);
 
-    let mut proxy = pingora_proxy::http_proxy(&server.configuration, Gateway::new(runtime.clone()));
-    let mut options = HttpServerOptions::default();
-    options.keepalive_request_limit = Some(cfg.server.keepalive_requests);
-    proxy.server_options = Some(options);
+    // Requests per connection, idle and header deadlines are the edge's (see `edge`).
+    let proxy = pingora_proxy::http_proxy(&server.configuration, Gateway::new(runtime.clone()));
     let edge = EdgeApp::new(proxy, EdgeLimits::from_config(&cfg.server));
     let mut service = Service::new("portcullis".to_string(), edge);
     for addr in &cfg.server.listen {

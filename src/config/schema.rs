@@ -352,6 +352,13 @@ fn read_upstream(
     if !sni.is_empty() && !tls {
         r.error(&key_path(path, "sni"), "only applies with tls: true");
     }
+    if tls && sni.is_empty() {
+        // Without a name Pingora cannot verify the backend's certificate.
+        r.error(
+            &key_path(path, "sni"),
+            "is required with tls: true (the name to verify)",
+        );
+    }
     Some(UpstreamConfig {
         name,
         backends,

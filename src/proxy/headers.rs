@@ -97,8 +97,13 @@ pub fn prepare_upstream_request(
         }
     }
     let _ = req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(h) = host {
-        let _ = req.insert_header(X_FORWARDED_HOST, h.clone());
+    match host {
+        Some(h) => {
+            let _ = req.insert_header(X_FORWARDED_HOST, h.clone());
+        }
+        None => {
+            req.remove_header(&X_FORWARDED_HOST);
+        }
     }
     let _ = req.insert_header(X_REQUEST_ID, request_id.clone());
 }

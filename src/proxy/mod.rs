@@ -30,6 +30,8 @@ pub struct RequestCtx {
     /// Backends this request failed to connect to.
     tried: Vec<SocketAddr>,
     connect_retries: u32,
+    /// Whether the last failed connect timed out (504) rather than was refused (502).
+    connect_timed_out: bool,
     body_bytes: u64,
     /// A decision already made about how this request fails, when the error alone is not enough.
     failure: Option<GatewayError>,
@@ -144,6 +146,13 @@ impl ProxyHttp for Gateway {
                 ctx.failure = Some(GatewayError::new(ErrorCode::ServiceUnavailable));
                 Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend")
             }
+            Err(SelectError::AllTried) if ctx.connect_timed_out => {
+                ctx.failure = Some(GatewayError::new(ErrorCode::GatewayTimeout));
+                Error::e_explain(
+                    ErrorType::HTTPStatus(504),
+                    "every healthy backend timed out",
+                )
+            }
             Err(SelectError::AllTried) => {
                 ctx.failure = Some(GatewayError::new(ErrorCode::BadGateway));
                 Error::e_explain(ErrorType::HTTPStatus(502), "every healthy backend refused")
@@ -160,6 +169,7 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let Some(route) = ctx.route else { return e };
         let cluster = &self.runtime.clusters[self.runtime.routes[route].cluster];
+        ctx.connect_timed_out = matches!(e.etype(), ErrorType::ConnectTimedout);
         if let Some(addr) = peer.address().as_inet() {
             ctx.tried.push(*addr);
             cluster.report_connect_failure(addr);

@@ -31,7 +31,13 @@ impl PathPattern {
             .ok_or_else(|| format!("\"{text}\" must start with '/'"))?;
         let mut segments = Vec::new();
         let mut names: Vec<&str> = Vec::new();
-        for seg in body.split('/') {
+        let count = body.split('/').count();
+        for (i, seg) in body.split('/').enumerate() {
+            if seg.is_empty() && i + 1 < count {
+                return Err(format!(
+                    "\"{text}\" has an empty segment ('//'), which never survives normalisation"
+                ));
+            }
             if let Some(inner) = seg.strip_prefix('{') {
                 let name = inner.strip_suffix('}').ok_or_else(|| {
                     format!("\"{seg}\": a parameter is a whole segment, written {{name}}")

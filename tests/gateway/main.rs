@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `portcullis` binary in front of real loopback backends.
+
+mod support;
+
+mod balancing;
+mod cli;
+mod errors;
+mod health;
+mod hygiene;
+mod limits;
+mod routing;

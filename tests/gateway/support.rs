@@ -1,0 +1,493 @@
+//! Test support: real loopback backends, the real gateway binary, and a small raw HTTP/1.1
+//! client that can send exactly the bytes a test wants.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// Polls `cond` until it holds or `deadline` passes; returns whether it held.
+pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------
+// Backends
+
+#[derive(Default)]
+pub struct BackendState {
+    pub healthy: AtomicBool,
+    pub accepted: AtomicUsize,
+    pub requests: AtomicUsize,
+    pub delay_ms: AtomicU64,
+    pub status: AtomicU16,
+    conns: Mutex<Vec<TcpStream>>,
+    stopped: AtomicBool,
+}
+
+/// An HTTP/1.1 keep-alive server on loopback that answers JSON describing the request:
+/// `{"backend": name, "method", "path", "headers": {lower-case name: value}, "body"}`.
+/// `/health` answers 200 or 503 by `set_healthy`, and is not counted as a request.
+pub struct TestBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub state: Arc<BackendState>,
+}
+
+impl TestBackend {
+    pub fn start(name: &str) -> TestBackend {
+        Self::start_on(name, 0)
+    }
+
+    pub fn start_on(name: &str, port: u16) -> TestBackend {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(BackendState::default());
+        state.healthy.store(true, Ordering::SeqCst);
+        state.status.store(200, Ordering::SeqCst);
+        let st = state.clone();
+        let nm = name.to_string();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                st.accepted.fetch_add(1, Ordering::SeqCst);
+                if let Ok(c) = conn.try_clone() {
+                    st.conns.lock().unwrap().push(c);
+                }
+                let st2 = st.clone();
+                let nm2 = nm.clone();
+                thread::spawn(move || serve_conn(conn, &nm2, &st2));
+            }
+        });
+        TestBackend {
+            name: name.to_string(),
+            addr,
+            state,
+        }
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, d: Duration) {
+        self.state
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.state.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Dies without warning: stops listening and resets every open connection.
+    pub fn kill(&self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag and drops the listener.
+        let _ = TcpStream::connect(self.addr);
+        for c in self.state.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        // The listener is gone once a connect is refused.
+        assert!(
+            wait_until(Duration::from_secs(5), || TcpStream::connect(self.addr)
+                .is_err()),
+            "backend {} still accepts after kill",
+            self.name
+        );
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        if !self.state.stopped.load(Ordering::SeqCst) {
+            self.kill();
+        }
+    }
+}
+
+fn serve_conn(conn: TcpStream, name: &str, st: &BackendState) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.trim_end().splitn(3, ' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut headers: Vec<(String, String)> = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if chunked {
+            loop {
+                let mut size = String::new();
+                if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                    return;
+                }
+                let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+                    return;
+                };
+                let mut chunk = vec![0; n + 2];
+                if reader.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        if st.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let (status, payload) = if path == "/health" {
+            let ok = st.healthy.load(Ordering::SeqCst);
+            (if ok { 200 } else { 503 }, format!("{{\"healthy\":{ok}}}"))
+        } else {
+            st.requests.fetch_add(1, Ordering::SeqCst);
+            let delay = st.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                thread::sleep(Duration::from_millis(delay));
+            }
+            let hdrs: serde_json::Map<String, serde_json::Value> = headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let v = serde_json::json!({
+                "backend": name,
+                "method": method,
+                "path": path,
+                "headers": hdrs,
+                "body": String::from_utf8_lossy(&body),
+            });
+            (st.status.load(Ordering::SeqCst), v.to_string())
+        };
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{payload}",
+            payload.len()
+        );
+        if out.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The gateway
+
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "portcullis-test-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Gateway {
+    /// Starts the gateway with `rest` (upstreams and routes) and test server settings.
+    pub fn start(rest: &str) -> Gateway {
+        Self::start_with("", rest)
+    }
+
+    /// `server_extra`: more `server` keys, each line indented by two spaces.
+    pub fn start_with(server_extra: &str, rest: &str) -> Gateway {
+        for _ in 0..3 {
+            if let Some(g) = Self::try_start(server_extra, rest) {
+                return g;
+            }
+        }
+        panic!("the gateway did not start");
+    }
+
+    fn try_start(server_extra: &str, rest: &str) -> Option<Gateway> {
+        let dir = temp_dir("gw");
+        let port = free_port();
+        let admin_port = free_port();
+        let yaml = format!(
+            "server:\n  listen: [\"127.0.0.1:{port}\"]\n  admin_listen: \"127.0.0.1:{admin_port}\"\n  threads: 1\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/gw.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n{server_extra}\n{rest}",
+            d = dir.display()
+        );
+        let conf = dir.join("gateway.yaml");
+        std::fs::write(&conf, &yaml).unwrap();
+        let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&conf)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gateway");
+        let mut g = Gateway {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+            admin: ([127, 0, 0, 1], admin_port).into(),
+            dir,
+        };
+        let up = wait_until(Duration::from_secs(10), || {
+            if g.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            get(g.admin, "/healthz").is_ok_and(|r| r.status == 200)
+                && TcpStream::connect(g.addr).is_ok()
+        });
+        if g.child.try_wait().ok().flatten().is_some() {
+            eprintln!("gateway exited at start:\n{}", g.log());
+            return None; // most likely a port race; try again
+        }
+        assert!(up, "gateway not ready in time:\n{}", g.log());
+        Some(g)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        get(self.addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()))
+    }
+
+    pub fn send(&self, raw: &str) -> Response {
+        send(self.addr, raw.as_bytes())
+            .unwrap_or_else(|e| panic!("request failed: {e}\n{}", self.log()))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The backend's echo: which backend answered.
+    pub fn backend(&self) -> String {
+        self.json()["backend"].as_str().unwrap_or("").to_string()
+    }
+
+    /// Asserts the gateway's own JSON error shape and returns it.
+    pub fn assert_error(&self, status: u16, code: &str) -> serde_json::Value {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        assert_eq!(v["error"], code, "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        let id = v["request_id"].as_str().expect("request_id");
+        assert!(!id.is_empty());
+        assert_eq!(
+            self.header("x-request-id"),
+            Some(id),
+            "X-Request-Id echoes the body's id"
+        );
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        v
+    }
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    send(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Sends raw bytes on a fresh connection and reads one response.
+pub fn send(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
+    let mut c = Conn::open(addr)?;
+    c.stream.write_all(raw)?;
+    c.read_response()
+}
+
+/// One client connection, for keep-alive tests.
+pub struct Conn {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Conn { stream, reader })
+    }
+
+    pub fn request(&mut self, raw: &str) -> std::io::Result<Response> {
+        self.stream.write_all(raw.as_bytes())?;
+        self.read_response()
+    }
+
+    /// Whether the server has closed the connection (reads EOF or a reset).
+    pub fn closed_by_peer(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+
+    pub fn read_response(&mut self) -> std::io::Result<Response> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before a response",
+            ));
+        }
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let find = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body.resize(len, 0);
+            self.reader.read_exact(&mut body)?;
+        } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size)?;
+                let n = usize::from_str_radix(size.trim(), 16).map_err(std::io::Error::other)?;
+                let mut chunk = vec![0; n + 2];
+                self.reader.read_exact(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else if status >= 200 && status != 204 && status != 304 {
+            self.reader.read_to_end(&mut body)?;
+        }
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Counts which backend answered `n` GETs of `path`.
+pub fn spread(gw: &Gateway, path: &str, n: usize) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for _ in 0..n {
+        let r = gw.get(path);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        *m.entry(r.backend()).or_insert(0) += 1;
+    }
+    m
+}
