@@ -193,7 +193,7 @@ cpu_sample() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t,
 BUSY_PCT="?"
 if [[ -r /proc/stat ]]; then
   read -r t0 i0 < <(cpu_sample); sleep 0.5; read -r t1 i1 < <(cpu_sample)
-  BUSY_PCT="$(awk -v dt=$((t1 - t0)) -v di=$((i1 - i0)) 'BEGIN { printf "%.0f", dt > 0 ? 100 * (dt - di) / dt : 0 }')"
+  BUSY_PCT="$(awk -v dt=$((t1 - t0)) -v di=$((i1 - i0)) 'BEGIN { printf "%.0f", (dt > 0) ? 100 * (dt - di) / dt : 0 }')"
   if (( BUSY_PCT > 20 )); then
     log "WARNING: CPUs are ${BUSY_PCT}% busy before starting; results will be noisy"
   fi

@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use portcullis::server::{self, ProcessFlags};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 portcullis: an edge API gateway on Pingora
 
