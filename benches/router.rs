@@ -28,6 +28,8 @@ fn routes(n: usize) -> Vec<RouteConfig> {
                 host: (i % 10 == 9).then(|| format!("h{}.example.com", i % 7)),
                 upstream: "u".into(),
                 strip_prefix: None,
+                auth: portcullis::config::AuthMode::None,
+                required_scopes: Vec::new(),
             }
         })
         .collect()

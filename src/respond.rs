@@ -12,6 +12,8 @@ use pingora_http::ResponseHeader;
 pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
+    Unauthorized,
+    Forbidden,
     BadRequest,
     PayloadTooLarge,
     HeadersTooLarge,
@@ -25,6 +27,8 @@ impl ErrorCode {
         match self {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -38,6 +42,8 @@ impl ErrorCode {
         match self {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::HeadersTooLarge => "headers_too_large",
@@ -52,6 +58,8 @@ impl ErrorCode {
         match self {
             ErrorCode::NotFound => "no route matches this request",
             ErrorCode::MethodNotAllowed => "this route does not accept that method",
+            ErrorCode::Unauthorized => "a valid bearer token is required",
+            ErrorCode::Forbidden => "the token does not grant access to this route",
             ErrorCode::BadRequest => "the request is malformed",
             ErrorCode::PayloadTooLarge => "the request body is larger than allowed",
             ErrorCode::HeadersTooLarge => "the request header is larger than allowed",

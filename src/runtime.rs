@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use pingora_core::services::ServiceWithDependents;
 
-use crate::config::{Config, ServerConfig};
+use crate::auth::Authenticator;
+use crate::config::{AuthMode, Config, ServerConfig};
 use crate::routing::Router;
 use crate::upstream::Cluster;
 
@@ -15,6 +16,8 @@ pub struct Route {
     /// Index into `Runtime::clusters`.
     pub cluster: usize,
     pub strip_prefix: Option<Box<str>>,
+    pub auth: AuthMode,
+    pub required_scopes: Vec<String>,
 }
 
 pub struct Runtime {
@@ -22,12 +25,17 @@ pub struct Runtime {
     pub routes: Vec<Route>,
     pub clusters: Vec<Arc<Cluster>>,
     pub server: ServerConfig,
+    /// Present when `auth.jwt` is configured.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 impl Runtime {
     /// Compiles a validated config. Returns the background services (health checks) that
     /// must run beside the proxy.
-    pub fn build(cfg: &Config) -> (Runtime, Vec<Box<dyn ServiceWithDependents>>) {
+    pub fn build(
+        cfg: &Config,
+        auth: Option<Arc<Authenticator>>,
+    ) -> (Runtime, Vec<Box<dyn ServiceWithDependents>>) {
         let mut services = Vec::new();
         let mut clusters = Vec::with_capacity(cfg.upstreams.len());
         for up in &cfg.upstreams {
@@ -47,6 +55,8 @@ impl Runtime {
                     .position(|u| u.name == r.upstream)
                     .unwrap_or_default(),
                 strip_prefix: r.strip_prefix.as_deref().map(Into::into),
+                auth: r.auth,
+                required_scopes: r.required_scopes.clone(),
             })
             .collect();
         let runtime = Runtime {
@@ -54,6 +64,7 @@ impl Runtime {
             routes,
             clusters,
             server: cfg.server.clone(),
+            auth,
         };
         (runtime, services)
     }

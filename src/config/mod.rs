@@ -4,11 +4,13 @@
 //! with its key path. Nothing here touches a socket; `crate::runtime` compiles a `Config` into
 //! what the request path reads.
 
+mod auth;
 mod reader;
 mod schema;
 
 use std::path::Path;
 
+pub use auth::{AuthMode, HmacSecret, JwtAlgorithm, JwtConfig, SecretSource, MIN_SECRET_BYTES};
 pub use reader::{ConfigErrors, ConfigIssue};
 pub use schema::*;
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use serde_yaml::Value;
 
+use super::auth::{read_auth, read_auth_mode, string_list, AuthMode, JwtConfig};
 use super::reader::{index_path, key_path, ConfigErrors, Reader, Table};
 use crate::routing::pattern::{PathPattern, PrefixPattern};
 
@@ -16,6 +17,8 @@ use crate::routing::pattern::{PathPattern, PrefixPattern};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    /// `auth.jwt`; `None`: no route may authenticate.
+    pub jwt: Option<JwtConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -90,6 +93,8 @@ pub enum LbPolicy {
 pub enum HashKey {
     ClientIp,
     Header(HeaderName),
+    /// A claim of the verified JWT; anonymous requests hash on the client IP.
+    Jwt(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +124,9 @@ pub struct RouteConfig {
     pub host: Option<String>,
     pub upstream: String,
     pub strip_prefix: Option<String>,
+    pub auth: AuthMode,
+    /// All must be granted by the token's `scope` (space-separated) or `scp` (array).
+    pub required_scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +141,7 @@ pub(super) fn read(root: &Value) -> Result<Config, ConfigErrors> {
     let mut r = Reader::default();
     let empty = Value::Mapping(Default::default());
     let root = if root.is_null() { &empty } else { root };
-    let Some(top) = r.table("", root, &["server", "upstreams", "routes"]) else {
+    let Some(top) = r.table("", root, &["server", "auth", "upstreams", "routes"]) else {
         return Err(r.into_errors());
     };
 
@@ -141,6 +149,9 @@ pub(super) fn read(root: &Value) -> Result<Config, ConfigErrors> {
         Some(v) => read_server(&mut r, "server", v),
         None => ServerConfig::default(),
     };
+
+    let jwt = top.get("auth").and_then(|v| read_auth(&mut r, "auth", v));
+    let has_jwt = jwt.is_some();
 
     let mut upstreams = Vec::new();
     let mut upstream_names = Vec::new();
@@ -150,6 +161,9 @@ pub(super) fn read(root: &Value) -> Result<Config, ConfigErrors> {
                 upstream_names.push(name.clone());
                 let path = key_path("upstreams", &name);
                 if let Some(u) = read_upstream(&mut r, &path, name, value) {
+                    if matches!(u.hash_key, HashKey::Jwt(_)) && !has_jwt {
+                        r.error(&key_path(&path, "hash_key"), "jwt: keys need auth.jwt");
+                    }
                     upstreams.push(u);
                 }
             }
@@ -166,7 +180,7 @@ pub(super) fn read(root: &Value) -> Result<Config, ConfigErrors> {
             }
             check_route_references(&mut r, items, &upstream_names);
             for (i, item) in items.iter().enumerate() {
-                if let Some(route) = read_route(&mut r, &index_path("routes", i), item) {
+                if let Some(route) = read_route(&mut r, &index_path("routes", i), item, has_jwt) {
                     routes.push((i, route));
                 }
             }
@@ -178,6 +192,7 @@ pub(super) fn read(root: &Value) -> Result<Config, ConfigErrors> {
     r.finish()?;
     Ok(Config {
         server,
+        jwt,
         upstreams,
         routes: routes.into_iter().map(|(_, route)| route).collect(),
     })
@@ -378,6 +393,12 @@ fn parse_hash_key(r: &mut Reader, path: &str, text: &str) -> HashKey {
     if text == "client_ip" {
         return HashKey::ClientIp;
     }
+    if let Some(claim) = text.strip_prefix("jwt:") {
+        if claim.trim().is_empty() {
+            r.error(path, "jwt: needs a claim name, e.g. jwt:sub");
+        }
+        return HashKey::Jwt(claim.trim().to_string());
+    }
     if let Some(name) = text.strip_prefix("header:") {
         match HeaderName::from_bytes(name.trim().as_bytes()) {
             Ok(h) => return HashKey::Header(h),
@@ -389,7 +410,7 @@ fn parse_hash_key(r: &mut Reader, path: &str, text: &str) -> HashKey {
     }
     r.error(
         path,
-        format!("unknown hash key \"{text}\" (client_ip or header:<Name>)"),
+        format!("unknown hash key \"{text}\" (client_ip, header:<Name> or jwt:<claim>)"),
     );
     HashKey::ClientIp
 }
@@ -484,8 +505,46 @@ fn read_health_check(r: &mut Reader, path: &str, value: &Value) -> Option<Health
     })
 }
 
-fn read_route(r: &mut Reader, path: &str, value: &Value) -> Option<RouteConfig> {
-    let t = r.table(path, value, &["name", "match", "upstream", "strip_prefix"])?;
+fn read_route(r: &mut Reader, path: &str, value: &Value, has_jwt: bool) -> Option<RouteConfig> {
+    let t = r.table(
+        path,
+        value,
+        &[
+            "name",
+            "match",
+            "upstream",
+            "strip_prefix",
+            "auth",
+            "required_scopes",
+        ],
+    )?;
+    let ap = key_path(path, "auth");
+    let auth = match t.get("auth").map(|v| read_auth_mode(r, &ap, v)) {
+        Some(Some(mode)) => mode,
+        Some(None) => AuthMode::None,
+        None if has_jwt => AuthMode::Required,
+        None => AuthMode::None,
+    };
+    if auth != AuthMode::None && !has_jwt {
+        r.error(&ap, "needs auth.jwt to be configured");
+    }
+    let required_scopes = t
+        .get("required_scopes")
+        .map(|v| {
+            let sp = key_path(path, "required_scopes");
+            let scopes = string_list(r, &sp, v);
+            if auth == AuthMode::None {
+                r.error(&sp, "needs auth: required or optional");
+            }
+            if let Some(bad) = scopes
+                .iter()
+                .find(|s| s.is_empty() || s.contains(char::is_whitespace))
+            {
+                r.error(&sp, format!("\"{bad}\" is not a scope (no spaces)"));
+            }
+            scopes
+        })
+        .unwrap_or_default();
     let np = key_path(path, "name");
     let name = match t.get("name") {
         Some(v) => r.string(&np, v),
@@ -611,6 +670,8 @@ fn read_route(r: &mut Reader, path: &str, value: &Value) -> Option<RouteConfig> 
         host,
         upstream: upstream?,
         strip_prefix,
+        auth,
+        required_scopes,
     })
 }
 

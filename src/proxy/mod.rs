@@ -15,7 +15,8 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::config::HashKey;
+use crate::auth::Identity;
+use crate::config::{AuthMode, HashKey};
 use crate::respond::{ErrorCode, GatewayError};
 use crate::routing::RouteId;
 use crate::runtime::Runtime;
@@ -33,6 +34,8 @@ pub struct RequestCtx {
     /// Whether the last failed connect timed out (504) rather than was refused (502).
     connect_timed_out: bool,
     body_bytes: u64,
+    /// The verified token's identity, when the route authenticated one.
+    identity: Option<Arc<Identity>>,
     /// A decision already made about how this request fails, when the error alone is not enough.
     failure: Option<GatewayError>,
 }
@@ -90,17 +93,34 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match plan::plan(&self.runtime, session.req_header()) {
-            Ok(p) => {
-                ctx.route = Some(p.route);
-                ctx.upstream_target = p.upstream_target;
-                Ok(false)
-            }
+        let p = match plan::plan(&self.runtime, session.req_header()) {
+            Ok(p) => p,
             Err(e) => {
                 self.respond(session, ctx, &e).await?;
-                Ok(true)
+                return Ok(true);
+            }
+        };
+        ctx.route = Some(p.route);
+        ctx.upstream_target = p.upstream_target;
+        let route = &self.runtime.routes[p.route];
+        if let (Some(auth), true) = (&self.runtime.auth, route.auth != AuthMode::None) {
+            let verdict = auth
+                .authenticate(
+                    &session.req_header().headers,
+                    route.auth,
+                    &route.required_scopes,
+                )
+                .await;
+            match verdict {
+                Ok(identity) => ctx.identity = identity,
+                Err(rejection) => {
+                    log::debug!("auth refused: {}", rejection.reason());
+                    self.respond(session, ctx, &rejection.to_error()).await?;
+                    return Ok(true);
+                }
             }
         }
+        Ok(false)
     }
 
     async fn request_body_filter(
@@ -133,12 +153,22 @@ impl ProxyHttp for Gateway {
         };
         let cluster = &self.runtime.clusters[self.runtime.routes[route].cluster];
         let mut ip_buf = [0u8; 16];
+        let jwt_key;
         let key: &[u8] = match &cluster.hash_key {
             HashKey::Header(name) => match session.req_header().headers.get(name) {
                 Some(v) => v.as_bytes(),
                 None => client_ip_key(session, &mut ip_buf),
             },
             HashKey::ClientIp => client_ip_key(session, &mut ip_buf),
+            HashKey::Jwt(claim) => {
+                match ctx.identity.as_deref().and_then(|id| id.claim_bytes(claim)) {
+                    Some(v) => {
+                        jwt_key = v;
+                        &jwt_key
+                    }
+                    None => client_ip_key(session, &mut ip_buf),
+                }
+            }
         };
         match cluster.select(key, &ctx.tried) {
             Ok(peer) => Ok(Box::new(peer)),
@@ -182,6 +212,48 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer {peer}"));
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        if !replayable {
+            e.set_retry(false);
+            return e;
+        }
+        // A pooled connection the backend had already closed: Pingora's own rule.
+        e.retry.decide_reuse(client_reused);
+        if e.retry() {
+            return e;
+        }
+        // The backend dropped the connection before answering (it crashed or was killed):
+        // an idempotent request goes to another backend, within the same `retries` budget.
+        let dropped = e.esource() == &ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+        if let (true, Some(route)) = (dropped, ctx.route) {
+            let cluster = &self.runtime.clusters[self.runtime.routes[route].cluster];
+            if ctx.connect_retries < cluster.retries {
+                if let Some(addr) = peer.address().as_inet() {
+                    ctx.tried.push(*addr);
+                    cluster.report_connect_failure(addr);
+                }
+                ctx.connect_retries += 1;
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -199,6 +271,17 @@ impl ProxyHttp for Gateway {
             .cloned();
         let id = ctx.request_id().clone();
         headers::prepare_upstream_request(upstream_request, client_ip, &id, host.as_ref());
+        if let Some(auth) = &self.runtime.auth {
+            // Identity headers come from the gateway only: client-sent copies go, on every route.
+            for name in auth.identity_header_names() {
+                upstream_request.remove_header(name);
+            }
+            if let Some(identity) = &ctx.identity {
+                for (name, value) in &identity.headers {
+                    upstream_request.insert_header(name.clone(), value.clone())?;
+                }
+            }
+        }
         if let Some(target) = ctx.upstream_target.take() {
             let uri = target.parse::<http::Uri>().map_err(|_| {
                 Error::explain(ErrorType::InternalError, "rewritten target is not a URI")

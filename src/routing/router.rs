@@ -338,6 +338,8 @@ mod tests {
             host: host.map(Into::into),
             upstream: "u".into(),
             strip_prefix: None,
+            auth: crate::config::AuthMode::None,
+            required_scopes: Vec::new(),
         }
     }
 

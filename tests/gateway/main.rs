@@ -1,7 +1,9 @@
 //! End-to-end tests: the real `portcullis` binary in front of real loopback backends.
 
 mod support;
+mod tokens;
 
+mod auth;
 mod balancing;
 mod cli;
 mod errors;

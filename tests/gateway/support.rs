@@ -491,3 +491,118 @@ pub fn spread(gw: &Gateway, path: &str, n: usize) -> HashMap<String, usize> {
     }
     m
 }
+
+// ---------------------------------------------------------------------------------------
+// A static JSON server (a JWKS endpoint, a trap for URLs that must never be fetched)
+
+pub struct JsonServer {
+    pub addr: SocketAddr,
+    pub body: Arc<Mutex<String>>,
+    pub hits: Arc<AtomicUsize>,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl JsonServer {
+    pub fn start(body: &str) -> JsonServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = Arc::new(Mutex::new(body.to_string()));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (b, h, a) = (body.clone(), hits.clone(), accepted.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                let (b, h) = (b.clone(), h.clone());
+                thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut hl = String::new();
+                            if reader.read_line(&mut hl).unwrap_or(0) == 0 || hl.trim().is_empty() {
+                                break;
+                            }
+                        }
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let payload = b.lock().unwrap().clone();
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{payload}",
+                            payload.len()
+                        );
+                        if conn.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        JsonServer {
+            addr,
+            body,
+            hits,
+            accepted,
+        }
+    }
+
+    pub fn set_body(&self, body: &str) {
+        *self.body.lock().unwrap() = body.to_string();
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Path of a file under tests/fixtures.
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+impl Gateway {
+    /// Starts the gateway expecting it to fail; returns its exit code and log.
+    pub fn start_failing(rest: &str) -> (i32, String) {
+        let dir = temp_dir("gwfail");
+        let yaml = format!(
+            "server:\n  listen: [\"127.0.0.1:{}\"]\n  admin_listen: \"127.0.0.1:{}\"\n  threads: 1\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/gw.sock\n{rest}",
+            free_port(),
+            free_port(),
+            d = dir.display()
+        );
+        let conf = dir.join("gateway.yaml");
+        std::fs::write(&conf, yaml).unwrap();
+        let mut child = Command::new(BIN)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                let _ = std::fs::remove_dir_all(&dir);
+                return (status.code().unwrap_or(-1), err);
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the gateway was expected to exit but kept running");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
