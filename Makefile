@@ -16,3 +16,4 @@ check: deps
 
 bench: deps
 	cargo bench --bench router
+	cargo bench --bench jwt

@@ -296,3 +296,159 @@ pub fn to_jsonwebtoken(a: JwtAlgorithm) -> jsonwebtoken::Algorithm {
         JwtAlgorithm::EdDSA => A::EdDSA,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::keys::secret_entries;
+    use crate::config::{HmacSecret, SecretSource};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"unit-test-secret-unit-test-secret-1234";
+    const NOW: u64 = 1_800_000_000;
+
+    fn keys() -> KeySet {
+        let secret = HmacSecret {
+            kid: None,
+            source: SecretSource::Env("X".into()),
+            bytes: SECRET.to_vec(),
+        };
+        KeySet {
+            entries: secret_entries(&[secret], &[JwtAlgorithm::HS256]),
+            generation: 1,
+        }
+    }
+
+    fn policy() -> TokenPolicy {
+        TokenPolicy {
+            algorithms: vec![JwtAlgorithm::HS256],
+            issuer: Some("iss".into()),
+            audiences: vec!["api".into()],
+            leeway_secs: 30,
+            max_token_bytes: 4096,
+        }
+    }
+
+    fn token(header: serde_json::Value, claims: serde_json::Value) -> String {
+        let msg = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+        let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+            .unwrap();
+        format!("{msg}.{sig}")
+    }
+
+    fn claims() -> serde_json::Value {
+        json!({"iss": "iss", "aud": ["x", "api"], "exp": NOW + 60, "sub": "u"})
+    }
+
+    fn check(t: &str) -> Result<Verified, TokenError> {
+        verify(t, &keys(), &policy(), NOW)
+    }
+
+    #[test]
+    fn a_good_token_verifies() {
+        let v = check(&token(json!({"alg": "HS256"}), claims())).unwrap();
+        assert_eq!(v.exp, NOW + 60);
+        assert_eq!(v.claims["sub"], "u");
+    }
+
+    #[test]
+    fn time_claims_with_leeway() {
+        let at = |k: &str, v: u64| {
+            check(&token(json!({"alg": "HS256"}), {
+                let mut c = claims();
+                c[k] = json!(v);
+                c
+            }))
+        };
+        assert!(at("exp", NOW - 30).is_ok());
+        assert_eq!(at("exp", NOW - 31).unwrap_err(), TokenError::Expired);
+        assert!(at("nbf", NOW + 30).is_ok());
+        assert_eq!(at("nbf", NOW + 31).unwrap_err(), TokenError::NotYetValid);
+        assert_eq!(at("iat", NOW + 31).unwrap_err(), TokenError::IssuedInFuture);
+    }
+
+    #[test]
+    fn header_rules() {
+        let c = claims();
+        assert_eq!(
+            check(&token(json!({"alg": "none"}), c.clone())).unwrap_err(),
+            TokenError::AlgorithmNotAllowed
+        );
+        assert_eq!(
+            check(&token(json!({"alg": "hs256"}), c.clone())).unwrap_err(),
+            TokenError::AlgorithmNotAllowed
+        );
+        assert_eq!(
+            check(&token(json!({"alg": "HS256", "crit": ["x"]}), c.clone())).unwrap_err(),
+            TokenError::UnsupportedExtension
+        );
+        assert_eq!(
+            check(&token(json!({"alg": "HS256", "kid": "k9"}), c.clone())).unwrap_err(),
+            TokenError::UnknownKey
+        );
+        assert_eq!(
+            check(&token(json!({"typ": "JWT"}), c)).unwrap_err(),
+            TokenError::Malformed
+        );
+    }
+
+    #[test]
+    fn shape_rules() {
+        let t = token(json!({"alg": "HS256"}), claims());
+        assert_eq!(check(&format!("{t}=")).unwrap_err(), TokenError::Malformed);
+        assert_eq!(check(&format!("{t}.x")).unwrap_err(), TokenError::Malformed);
+        assert_eq!(
+            check(&t.replacen('.', "..", 1)).unwrap_err(),
+            TokenError::Malformed
+        );
+        assert_eq!(check(&"a".repeat(5000)).unwrap_err(), TokenError::TooLarge);
+        let mut tampered = t.clone();
+        tampered.insert(t.find('.').unwrap() + 2, 'A');
+        assert!(check(&tampered).is_err());
+    }
+
+    #[test]
+    fn claim_types() {
+        let with = |k: &str, v: serde_json::Value| {
+            check(&token(json!({"alg": "HS256"}), {
+                let mut c = claims();
+                c[k] = v;
+                c
+            }))
+        };
+        assert_eq!(
+            with("exp", json!("soon")).unwrap_err(),
+            TokenError::BadClaimType
+        );
+        assert_eq!(with("aud", json!(5)).unwrap_err(), TokenError::BadClaimType);
+        assert_eq!(
+            with("aud", json!("nope")).unwrap_err(),
+            TokenError::WrongAudience
+        );
+        assert_eq!(
+            with("iss", json!("other")).unwrap_err(),
+            TokenError::WrongIssuer
+        );
+        assert_eq!(
+            with("scp", json!("a b")).unwrap_err(),
+            TokenError::BadClaimType
+        );
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove("exp");
+        assert_eq!(
+            check(&token(json!({"alg": "HS256"}), c)).unwrap_err(),
+            TokenError::MissingExpiry
+        );
+    }
+
+    #[test]
+    fn scopes_from_scope_and_scp() {
+        let c = json!({"scope": "a  b", "scp": ["c"]});
+        assert_eq!(scopes(c.as_object().unwrap()), vec!["a", "b", "c"]);
+    }
+}

@@ -118,6 +118,34 @@ fn bad_configs_name_their_key_paths() {
                 "routes[4].match.methods[1]: unknown method \"FETCH\"",
             ],
         ),
+        (
+            "auth:\n  jwt:\n    algorithms: [none, HS257, HS256, HS256]\n    secrets: [{ env: PORTCULLIS_TEST_UNSET_VAR }, { file: /nonexistent/hs.key }, { kid: a }]\n    forward_claims: { sub: Host, name: \"bad header\" }\n    leeway: 1h\n    jwks_url: ftp://keys.example.com/jwks\nupstreams:\n  u: { backends: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: a, match: { path: /a }, upstream: u, auth: maybe }\n",
+            &[
+                "auth.jwt.algorithms[0]: \"none\" can never be allowed",
+                "auth.jwt.algorithms[1]: unknown algorithm \"HS257\"",
+                "auth.jwt.algorithms[3]: HS256 is listed twice",
+                "auth.jwt.leeway: at most 10m",
+                "auth.jwt.jwks_url: \"ftp://keys.example.com/jwks\" is not an http:// or https:// URL",
+                "auth.jwt.secrets[0].env: environment variable PORTCULLIS_TEST_UNSET_VAR is not set",
+                "auth.jwt.secrets[1].file: cannot read /nonexistent/hs.key",
+                "auth.jwt.secrets[2]: give exactly one of env or file",
+                "auth.jwt.forward_claims.sub: Host cannot carry a claim",
+                "auth.jwt.forward_claims.name: \"bad header\" is not a valid header name",
+                "routes[0].auth: unknown mode \"maybe\"",
+            ],
+        ),
+        (
+            "auth:\n  jwt:\n    algorithms: [ES256]\nupstreams:\n  u: { backends: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: a, match: { path: /a }, upstream: u }\n",
+            &["auth.jwt: an RS/PS/ES/EdDSA algorithm is allowed but neither jwks_file nor jwks_url is set"],
+        ),
+        (
+            "upstreams:\n  u: { backends: [\"127.0.0.1:1\"], lb: consistent_hash, hash_key: \"jwt:sub\" }\nroutes:\n  - { name: a, match: { path: /a }, upstream: u, auth: required }\n  - { name: b, match: { path: /b }, upstream: u, required_scopes: [x] }\n",
+            &[
+                "upstreams.u.hash_key: jwt: keys need auth.jwt",
+                "routes[0].auth: needs auth.jwt to be configured",
+                "routes[1].required_scopes: needs auth: required or optional",
+            ],
+        ),
         ("routes: []\n", &["upstreams: at least one upstream is required", "routes: at least one route is required"]),
         ("server:\n  listen: [\n", &["YAML syntax error at line 3, column 1"]),
         ("- just\n- a list\n", &["expected a mapping, found a list"]),
@@ -149,5 +177,20 @@ fn a_missing_file_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/portcullis.yaml")
+    );
+}
+
+#[test]
+fn short_hmac_secrets_are_refused() {
+    let dir = temp_dir("short");
+    std::fs::write(dir.join("short.key"), "too-short\n").unwrap();
+    let (code, out) = check(&format!(
+        "auth:\n  jwt:\n    algorithms: [HS256]\n    secrets: [{{ file: {}/short.key }}]\nupstreams:\n  u: {{ backends: [\"127.0.0.1:1\"] }}\nroutes:\n  - {{ name: a, match: {{ path: /a }}, upstream: u }}\n",
+        dir.display()
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("auth.jwt.secrets[0]: the secret is 9 bytes; HMAC keys need at least 32"),
+        "{out}"
     );
 }
