@@ -29,6 +29,7 @@ fn routes(n: usize) -> Vec<RouteConfig> {
                 upstream: "u".into(),
                 strip_prefix: None,
                 auth: portcullis::config::AuthMode::None,
+                rate_limit: Vec::new(),
                 required_scopes: Vec::new(),
             }
         })

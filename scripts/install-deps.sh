@@ -7,6 +7,8 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v make >/dev/null 2>&1 || need+=(make)
+# The rate-limit tests start their own redis-server.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"

@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod proxy;
+pub mod ratelimit;
 pub mod respond;
 pub mod routing;
 pub mod runtime;

@@ -7,6 +7,7 @@ use pingora_core::services::ServiceWithDependents;
 
 use crate::auth::Authenticator;
 use crate::config::{AuthMode, Config, ServerConfig};
+use crate::ratelimit::{RateLimits, Sweeper};
 use crate::routing::Router;
 use crate::upstream::Cluster;
 
@@ -18,6 +19,8 @@ pub struct Route {
     pub strip_prefix: Option<Box<str>>,
     pub auth: AuthMode,
     pub required_scopes: Vec<String>,
+    /// Indexes into `Runtime::rate_limits`.
+    pub rate_limit: Vec<usize>,
 }
 
 pub struct Runtime {
@@ -27,6 +30,7 @@ pub struct Runtime {
     pub server: ServerConfig,
     /// Present when `auth.jwt` is configured.
     pub auth: Option<Arc<Authenticator>>,
+    pub rate_limits: Arc<RateLimits>,
 }
 
 impl Runtime {
@@ -35,8 +39,19 @@ impl Runtime {
     pub fn build(
         cfg: &Config,
         auth: Option<Arc<Authenticator>>,
-    ) -> (Runtime, Vec<Box<dyn ServiceWithDependents>>) {
-        let mut services = Vec::new();
+    ) -> Result<(Runtime, Vec<Box<dyn ServiceWithDependents>>), String> {
+        let mut services: Vec<Box<dyn ServiceWithDependents>> = Vec::new();
+        let rate_limits = Arc::new(RateLimits::build(&cfg.rate_limits, cfg.redis.as_ref())?);
+        if !rate_limits.is_empty() {
+            services.push(Box::new(
+                pingora_core::services::background::background_service(
+                    "rate limit sweeper",
+                    Sweeper {
+                        limits: rate_limits.clone(),
+                    },
+                ),
+            ));
+        }
         let mut clusters = Vec::with_capacity(cfg.upstreams.len());
         for up in &cfg.upstreams {
             let (cluster, service) = Cluster::build(up);
@@ -57,6 +72,11 @@ impl Runtime {
                 strip_prefix: r.strip_prefix.as_deref().map(Into::into),
                 auth: r.auth,
                 required_scopes: r.required_scopes.clone(),
+                rate_limit: r
+                    .rate_limit
+                    .iter()
+                    .filter_map(|name| rate_limits.index_of(name))
+                    .collect(),
             })
             .collect();
         let runtime = Runtime {
@@ -65,8 +85,9 @@ impl Runtime {
             clusters,
             server: cfg.server.clone(),
             auth,
+            rate_limits,
         };
-        (runtime, services)
+        Ok((runtime, services))
     }
 
     /// Upstreams without a single healthy backend, for readiness.

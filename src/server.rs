@@ -93,7 +93,13 @@ pub fn run(cfg: Config, flags: ProcessFlags) -> ! {
             }
         },
     };
-    let (runtime, mut background) = Runtime::build(&cfg, auth.clone());
+    let (runtime, mut background) = match Runtime::build(&cfg, auth.clone()) {
+        Ok(built) => built,
+        Err(e) => {
+            log::error!("cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
     let runtime = Arc::new(runtime);
     if let Some(auth) = auth {
         let jwt = auth.config();

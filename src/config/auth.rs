@@ -210,7 +210,7 @@ fn read_jwt(r: &mut Reader, path: &str, value: &Value) -> Option<JwtConfig> {
     let jwks_file = t
         .get("jwks_file")
         .and_then(|v| r.string(&key_path(path, "jwks_file"), v))
-        .map(PathBuf::from);
+        .map(|p| absolute(PathBuf::from(p)));
     let jwks_url = t.get("jwks_url").and_then(|v| {
         let p = key_path(path, "jwks_url");
         let s = r.string(&p, v)?;
@@ -375,4 +375,10 @@ pub(super) fn string_list(r: &mut Reader, path: &str, value: &Value) -> Vec<Stri
         .enumerate()
         .filter_map(|(i, v)| r.string(&index_path(path, i), v))
         .collect()
+}
+
+/// Resolves a relative path against the working directory at load: a daemonised Pingora
+/// changes directory to `/`, and refreshes read the file again later.
+fn absolute(p: PathBuf) -> PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
 }

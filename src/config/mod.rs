@@ -5,12 +5,14 @@
 //! what the request path reads.
 
 mod auth;
+mod limits;
 mod reader;
 mod schema;
 
 use std::path::Path;
 
 pub use auth::{AuthMode, HmacSecret, JwtAlgorithm, JwtConfig, SecretSource, MIN_SECRET_BYTES};
+pub use limits::{LimitKey, LimitStore, RateLimitConfig, RedisConfig, DEFAULT_MAX_KEYS};
 pub use reader::{ConfigErrors, ConfigIssue};
 pub use schema::*;
 

@@ -10,6 +10,9 @@ use http::{HeaderName, Method};
 use serde_yaml::Value;
 
 use super::auth::{read_auth, read_auth_mode, string_list, AuthMode, JwtConfig};
+use super::limits::{
+    read_rate_limits, read_redis, LimitKey, LimitStore, RateLimitConfig, RedisConfig,
+};
 use super::reader::{index_path, key_path, ConfigErrors, Reader, Table};
 use crate::routing::pattern::{PathPattern, PrefixPattern};
 
@@ -19,6 +22,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `auth.jwt`; `None`: no route may authenticate.
     pub jwt: Option<JwtConfig>,
+    pub rate_limits: Vec<RateLimitConfig>,
+    pub redis: Option<RedisConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -125,6 +130,8 @@ pub struct RouteConfig {
     pub upstream: String,
     pub strip_prefix: Option<String>,
     pub auth: AuthMode,
+    /// Names of `rate_limits` policies; every one must allow the request.
+    pub rate_limit: Vec<String>,
     /// All must be granted by the token's `scope` (space-separated) or `scp` (array).
     pub required_scopes: Vec<String>,
 }
@@ -141,7 +148,18 @@ pub(super) fn read(root: &Value) -> Result<Config, ConfigErrors> {
     let mut r = Reader::default();
     let empty = Value::Mapping(Default::default());
     let root = if root.is_null() { &empty } else { root };
-    let Some(top) = r.table("", root, &["server", "auth", "upstreams", "routes"]) else {
+    let Some(top) = r.table(
+        "",
+        root,
+        &[
+            "server",
+            "auth",
+            "redis",
+            "rate_limits",
+            "upstreams",
+            "routes",
+        ],
+    ) else {
         return Err(r.into_errors());
     };
 
@@ -152,6 +170,26 @@ pub(super) fn read(root: &Value) -> Result<Config, ConfigErrors> {
 
     let jwt = top.get("auth").and_then(|v| read_auth(&mut r, "auth", v));
     let has_jwt = jwt.is_some();
+    let redis = top
+        .get("redis")
+        .and_then(|v| read_redis(&mut r, "redis", v));
+    let rate_limits = top
+        .get("rate_limits")
+        .map(|v| read_rate_limits(&mut r, "rate_limits", v))
+        .unwrap_or_default();
+    for rl in &rate_limits {
+        let p = key_path("rate_limits", &rl.name);
+        if rl.store == LimitStore::Redis && redis.is_none() {
+            r.error(
+                &key_path(&p, "store"),
+                "store: redis needs the redis section",
+            );
+        }
+        if matches!(rl.key, LimitKey::Jwt(_)) && !has_jwt {
+            r.error(&key_path(&p, "key"), "jwt: keys need auth.jwt");
+        }
+    }
+    let policy_names: Vec<String> = rate_limits.iter().map(|p| p.name.clone()).collect();
 
     let mut upstreams = Vec::new();
     let mut upstream_names = Vec::new();
@@ -180,7 +218,13 @@ pub(super) fn read(root: &Value) -> Result<Config, ConfigErrors> {
             }
             check_route_references(&mut r, items, &upstream_names);
             for (i, item) in items.iter().enumerate() {
-                if let Some(route) = read_route(&mut r, &index_path("routes", i), item, has_jwt) {
+                if let Some(route) = read_route(
+                    &mut r,
+                    &index_path("routes", i),
+                    item,
+                    has_jwt,
+                    &policy_names,
+                ) {
                     routes.push((i, route));
                 }
             }
@@ -193,6 +237,8 @@ pub(super) fn read(root: &Value) -> Result<Config, ConfigErrors> {
     Ok(Config {
         server,
         jwt,
+        rate_limits,
+        redis,
         upstreams,
         routes: routes.into_iter().map(|(_, route)| route).collect(),
     })
@@ -505,7 +551,13 @@ fn read_health_check(r: &mut Reader, path: &str, value: &Value) -> Option<Health
     })
 }
 
-fn read_route(r: &mut Reader, path: &str, value: &Value, has_jwt: bool) -> Option<RouteConfig> {
+fn read_route(
+    r: &mut Reader,
+    path: &str,
+    value: &Value,
+    has_jwt: bool,
+    policies: &[String],
+) -> Option<RouteConfig> {
     let t = r.table(
         path,
         value,
@@ -516,6 +568,7 @@ fn read_route(r: &mut Reader, path: &str, value: &Value, has_jwt: bool) -> Optio
             "strip_prefix",
             "auth",
             "required_scopes",
+            "rate_limit",
         ],
     )?;
     let ap = key_path(path, "auth");
@@ -528,6 +581,21 @@ fn read_route(r: &mut Reader, path: &str, value: &Value, has_jwt: bool) -> Optio
     if auth != AuthMode::None && !has_jwt {
         r.error(&ap, "needs auth.jwt to be configured");
     }
+    let rp = key_path(path, "rate_limit");
+    let rate_limit = t
+        .get("rate_limit")
+        .map(|v| {
+            let names = string_list(r, &rp, v);
+            for (i, n) in names.iter().enumerate() {
+                if !policies.contains(n) {
+                    r.error(&index_path(&rp, i), format!("unknown rate limit \"{n}\""));
+                } else if names[..i].contains(n) {
+                    r.error(&index_path(&rp, i), format!("{n} is listed twice"));
+                }
+            }
+            names
+        })
+        .unwrap_or_default();
     let required_scopes = t
         .get("required_scopes")
         .map(|v| {
@@ -671,6 +739,7 @@ fn read_route(r: &mut Reader, path: &str, value: &Value, has_jwt: bool) -> Optio
         upstream: upstream?,
         strip_prefix,
         auth,
+        rate_limit,
         required_scopes,
     })
 }
@@ -743,7 +812,7 @@ fn read_addr(r: &mut Reader, path: &str, value: &Value) -> Option<SocketAddr> {
     }
 }
 
-fn is_name(s: &str) -> bool {
+pub(super) fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()

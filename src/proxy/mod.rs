@@ -17,6 +17,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::auth::Identity;
 use crate::config::{AuthMode, HashKey};
+use crate::ratelimit::{KeyParts, RouteVerdict};
 use crate::respond::{ErrorCode, GatewayError};
 use crate::routing::RouteId;
 use crate::runtime::Runtime;
@@ -36,6 +37,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// The verified token's identity, when the route authenticated one.
     identity: Option<Arc<Identity>>,
+    /// The route's rate-limit verdict, for the RateLimit-* response headers.
+    rate_verdict: Option<RouteVerdict>,
     /// A decision already made about how this request fails, when the error alone is not enough.
     failure: Option<GatewayError>,
 }
@@ -63,7 +66,12 @@ impl Gateway {
     ) -> Result<()> {
         let id = ctx.request_id().clone();
         let body = err.body(id.to_str().unwrap_or(""));
-        let head = err.header(&id, body.len(), false);
+        let mut head = err.header(&id, body.len(), false);
+        if let Some(v) = &ctx.rate_verdict {
+            for (name, value) in self.runtime.rate_limits.headers(v) {
+                head.insert_header(name, value)?;
+            }
+        }
         let head_only = session.req_header().method == http::Method::HEAD;
         session
             .write_response_header(Box::new(head), head_only)
@@ -118,6 +126,27 @@ impl ProxyHttp for Gateway {
                     self.respond(session, ctx, &rejection.to_error()).await?;
                     return Ok(true);
                 }
+            }
+        }
+        if !route.rate_limit.is_empty() && !is_cors_preflight(session.req_header()) {
+            let parts = KeyParts {
+                client_ip: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                headers: &session.req_header().headers,
+                identity: ctx.identity.as_deref(),
+                route: &route.name,
+            };
+            ctx.rate_verdict = self
+                .runtime
+                .rate_limits
+                .check_route(&route.rate_limit, &parts)
+                .await;
+            if ctx.rate_verdict.is_some_and(|v| !v.verdict.allowed) {
+                self.respond(session, ctx, &GatewayError::new(ErrorCode::RateLimited))
+                    .await?;
+                return Ok(true);
             }
         }
         Ok(false)
@@ -299,6 +328,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let id = ctx.request_id().clone();
         headers::prepare_response(upstream_response, &id);
+        if let Some(v) = &ctx.rate_verdict {
+            for (name, value) in self.runtime.rate_limits.headers(v) {
+                upstream_response.insert_header(name, value)?;
+            }
+        }
         Ok(())
     }
 
@@ -335,6 +369,11 @@ impl ProxyHttp for Gateway {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// A CORS preflight asks whether a request may be made; it does not spend the budget.
+fn is_cors_preflight(req: &RequestHeader) -> bool {
+    req.method == http::Method::OPTIONS && req.headers.contains_key("access-control-request-method")
 }
 
 /// The client IP's bytes, for hashing.

@@ -89,7 +89,7 @@ mod tests {
 
     fn runtime(yaml: &str) -> Runtime {
         let cfg = crate::config::parse(yaml).unwrap();
-        Runtime::build(&cfg, None).0
+        Runtime::build(&cfg, None).unwrap().0
     }
 
     const YAML: &str = r#"

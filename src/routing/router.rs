@@ -339,6 +339,7 @@ mod tests {
             upstream: "u".into(),
             strip_prefix: None,
             auth: crate::config::AuthMode::None,
+            rate_limit: Vec::new(),
             required_scopes: Vec::new(),
         }
     }

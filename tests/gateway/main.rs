@@ -10,4 +10,5 @@ mod errors;
 mod health;
 mod hygiene;
 mod limits;
+mod ratelimit;
 mod routing;

@@ -1,0 +1,281 @@
+//! Rate limiting: named sliding-window policies, keyed by client IP, a header, a JWT claim or
+//! the route, counted in a sharded in-memory store or in Redis when several gateway instances
+//! share one limit.
+//!
+//! A request whose key is missing (no such header, no token for a `jwt:` key) is counted by
+//! its client IP. A route's policies are checked in order and all must allow; a refusal stops
+//! the checks, so policies before it have already counted the request.
+
+pub mod local;
+pub mod redis_store;
+pub mod window;
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+
+use crate::auth::Identity;
+use crate::config::{LimitKey, LimitStore, RateLimitConfig, RedisConfig};
+use local::LocalStore;
+use redis_store::RedisStore;
+pub use window::Verdict;
+
+/// Milliseconds on the process's monotonic clock.
+pub fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+enum Store {
+    Local(LocalStore),
+    Redis {
+        store: Arc<RedisStore>,
+        allow_on_error: bool,
+    },
+}
+
+pub struct Policy {
+    pub name: Box<str>,
+    key: LimitKey,
+    limit: u32,
+    window_ms: u64,
+    store: Store,
+    /// `RateLimit-Policy` value, built once.
+    policy_header: HeaderValue,
+}
+
+/// What identifies a request, for keys.
+pub struct KeyParts<'a> {
+    pub client_ip: Option<IpAddr>,
+    pub headers: &'a http::HeaderMap,
+    pub identity: Option<&'a Identity>,
+    pub route: &'a str,
+}
+
+/// A route's verdict: the refusing policy, or the tightest one that allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteVerdict {
+    pub policy: usize,
+    pub verdict: Verdict,
+}
+
+pub struct RateLimits {
+    policies: Vec<Policy>,
+}
+
+impl RateLimits {
+    pub fn build(
+        cfgs: &[RateLimitConfig],
+        redis: Option<&RedisConfig>,
+    ) -> Result<RateLimits, String> {
+        let shared = match redis {
+            Some(r) if cfgs.iter().any(|c| c.store == LimitStore::Redis) => {
+                Some(Arc::new(RedisStore::new(r)?))
+            }
+            _ => None,
+        };
+        let mut policies = Vec::with_capacity(cfgs.len());
+        for c in cfgs {
+            let window_ms = c.window.as_millis().max(1) as u64;
+            let store = match (c.store, &shared) {
+                (LimitStore::Redis, Some(s)) => Store::Redis {
+                    store: s.clone(),
+                    allow_on_error: c.allow_on_store_error,
+                },
+                _ => Store::Local(LocalStore::new(window_ms, c.limit, c.max_keys)),
+            };
+            let policy_header = HeaderValue::from_str(&format!(
+                "\"{}\";q={};w={}",
+                c.name,
+                c.limit,
+                c.window.as_secs().max(1)
+            ))
+            .map_err(|e| e.to_string())?;
+            policies.push(Policy {
+                name: c.name.as_str().into(),
+                key: c.key.clone(),
+                limit: c.limit,
+                window_ms,
+                store,
+                policy_header,
+            });
+        }
+        Ok(RateLimits { policies })
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.policies.iter().position(|p| &*p.name == name)
+    }
+
+    pub fn policy(&self, i: usize) -> &Policy {
+        &self.policies[i]
+    }
+
+    /// Checks every listed policy; stops at the first refusal.
+    pub async fn check_route(
+        &self,
+        indexes: &[usize],
+        parts: &KeyParts<'_>,
+    ) -> Option<RouteVerdict> {
+        let mut tightest: Option<RouteVerdict> = None;
+        let mut key = Vec::with_capacity(64);
+        for &i in indexes {
+            let p = &self.policies[i];
+            key.clear();
+            p.key_bytes(parts, &mut key);
+            let verdict = match &p.store {
+                Store::Local(s) => s.check(&key, clock_ms()),
+                Store::Redis {
+                    store,
+                    allow_on_error,
+                } => {
+                    match store
+                        .check(&redis_key(&p.name, &key), p.window_ms, p.limit)
+                        .await
+                    {
+                        Ok(v) => v,
+                        Err(_) => Verdict {
+                            allowed: *allow_on_error,
+                            limit: p.limit,
+                            remaining: 0,
+                            reset_ms: p.window_ms,
+                            retry_after_ms: if *allow_on_error { 0 } else { 1000 },
+                        },
+                    }
+                }
+            };
+            let this = RouteVerdict { policy: i, verdict };
+            if !verdict.allowed {
+                return Some(this);
+            }
+            if tightest.is_none_or(|t| verdict.remaining < t.verdict.remaining) {
+                tightest = Some(this);
+            }
+        }
+        tightest
+    }
+
+    /// The response headers for a verdict (IETF draft fields plus the common pair).
+    pub fn headers(&self, v: &RouteVerdict) -> Vec<(HeaderName, HeaderValue)> {
+        let p = &self.policies[v.policy];
+        let reset = v.verdict.reset_ms.div_ceil(1000);
+        let mut out = vec![
+            (
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderValue::from(p.limit),
+            ),
+            (
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderValue::from(v.verdict.remaining),
+            ),
+            (
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderValue::from(reset),
+            ),
+            (
+                HeaderName::from_static("ratelimit-policy"),
+                p.policy_header.clone(),
+            ),
+        ];
+        if let Ok(h) = HeaderValue::from_str(&format!(
+            "\"{}\";r={};t={}",
+            p.name, v.verdict.remaining, reset
+        )) {
+            out.push((HeaderName::from_static("ratelimit"), h));
+        }
+        if !v.verdict.allowed {
+            let secs = v.verdict.retry_after_ms.div_ceil(1000).max(1);
+            out.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
+        }
+        out
+    }
+
+    /// Sweeps idle keys from every local store.
+    pub fn sweep(&self) -> usize {
+        let now = clock_ms();
+        self.policies
+            .iter()
+            .map(|p| match &p.store {
+                Store::Local(s) => s.sweep(now),
+                Store::Redis { .. } => 0,
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+}
+
+impl Policy {
+    /// The request's key for this policy, tagged by kind so that kinds never collide.
+    fn key_bytes(&self, parts: &KeyParts<'_>, out: &mut Vec<u8>) {
+        match &self.key {
+            LimitKey::Route => {
+                out.push(b'r');
+                out.extend_from_slice(parts.route.as_bytes());
+                return;
+            }
+            LimitKey::Header(name) => {
+                if let Some(v) = parts.headers.get(name) {
+                    out.push(b'h');
+                    out.extend_from_slice(v.as_bytes());
+                    return;
+                }
+            }
+            LimitKey::Jwt(claim) => {
+                if let Some(v) = parts.identity.and_then(|id| id.claim_bytes(claim)) {
+                    out.push(b'j');
+                    out.extend_from_slice(&v);
+                    return;
+                }
+            }
+            LimitKey::ClientIp => {}
+        }
+        out.push(b'i');
+        match parts.client_ip {
+            Some(IpAddr::V4(a)) => out.extend_from_slice(&a.octets()),
+            Some(IpAddr::V6(a)) => out.extend_from_slice(&a.octets()),
+            None => {}
+        }
+    }
+}
+
+/// A Redis key: a hash tag of policy and key, hex-encoded so any bytes are safe.
+fn redis_key(policy: &str, key: &[u8]) -> String {
+    let mut s = String::with_capacity(16 + policy.len() + key.len() * 2);
+    s.push_str("portcullis:rl:{");
+    s.push_str(policy);
+    s.push(':');
+    for b in key {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push('}');
+    s
+}
+
+/// Sweeps idle keys from the local stores every few seconds.
+pub struct Sweeper {
+    pub limits: Arc<RateLimits>,
+}
+
+#[async_trait]
+impl BackgroundService for Sweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => return,
+            }
+            let removed = self.limits.sweep();
+            if removed > 0 {
+                log::debug!("rate limits: swept {removed} idle keys");
+            }
+        }
+    }
+}
