@@ -17,3 +17,5 @@ check: deps
 bench: deps
 	cargo bench --bench router
 	cargo bench --bench jwt
+	cargo bench --bench ratelimit
+	cargo bench --bench ratelimit_accuracy
