@@ -19,8 +19,9 @@ use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use pingora_timeout::fast_timeout::fast_timeout;
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{timeout_at, Instant};
 
 use crate::config::ServerConfig;
 use crate::proxy::headers::new_request_id;
@@ -110,7 +111,9 @@ impl<A> EdgeApp<A> {
             let wait_until = deadline.unwrap_or_else(|| Instant::now() + self.limits.idle_timeout);
             let read = tokio::select! {
                 biased;
-                r = timeout_at(wait_until, stream.read_buf(buf)) => r,
+                // Pingora's timer wheel: no timer at all when the bytes are already there, and
+                // no runtime wake-up (an eventfd write per request) when there are none yet.
+                r = fast_timeout(wait_until.saturating_duration_since(Instant::now()), stream.read_buf(buf)) => r,
                 _ = shutdown.changed(), if deadline.is_none() => return Head::Gone,
             };
             match read {

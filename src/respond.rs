@@ -129,7 +129,7 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         let _ = resp.insert_header(header::CONTENT_LENGTH, body_len);
-        let _ = resp.insert_header(crate::proxy::headers::X_REQUEST_ID, request_id.clone());
+        let _ = resp.insert_header("x-request-id", request_id.clone());
         if close {
             let _ = resp.insert_header(header::CONNECTION, HeaderValue::from_static("close"));
         }

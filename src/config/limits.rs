@@ -190,12 +190,13 @@ pub(super) fn read_redis(r: &mut Reader, path: &str, value: &Value) -> Option<Re
             return None;
         }
     };
-    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
-    {
+    if url.starts_with("rediss://") {
         r.error(
             &up,
-            format!("\"{url}\" is not a redis://, rediss:// or unix:// URL"),
+            "rediss:// (TLS to Redis) is not supported by this build; use redis:// or unix://",
         );
+    } else if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+        r.error(&up, format!("\"{url}\" is not a redis:// or unix:// URL"));
     }
     let timeout = t
         .get("timeout")

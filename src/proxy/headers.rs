@@ -9,7 +9,6 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Longest client-supplied request id that is kept.
@@ -75,6 +74,9 @@ fn splitmix64(mut x: u64) -> u64 {
 }
 
 /// Rewrites the upstream request's headers: hop-by-hop out, identity of the hop in.
+///
+/// Names are inserted as `&'static str`: Pingora copies and re-parses a `HeaderName` it is
+/// given (to keep its case map), which costs allocations on every request.
 pub fn prepare_upstream_request(
     req: &mut RequestHeader,
     client_ip: Option<IpAddr>,
@@ -93,26 +95,26 @@ pub fn prepare_upstream_request(
             _ => ip.to_string(),
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
-            let _ = req.insert_header(X_FORWARDED_FOR, v);
+            let _ = req.insert_header("x-forwarded-for", v);
         }
     }
-    let _ = req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let _ = req.insert_header("x-forwarded-proto", HeaderValue::from_static("http"));
     match host {
         Some(h) => {
-            let _ = req.insert_header(X_FORWARDED_HOST, h.clone());
+            let _ = req.insert_header("x-forwarded-host", h.clone());
         }
         None => {
             req.remove_header(&X_FORWARDED_HOST);
         }
     }
-    let _ = req.insert_header(X_REQUEST_ID, request_id.clone());
+    let _ = req.insert_header("x-request-id", request_id.clone());
 }
 
 /// Cleans an upstream response before it reaches the client.
 pub fn prepare_response(resp: &mut ResponseHeader, request_id: &HeaderValue) {
     let upgraded = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(resp, upgraded);
-    let _ = resp.insert_header(X_REQUEST_ID, request_id.clone());
+    let _ = resp.insert_header("x-request-id", request_id.clone());
 }
 
 fn is_upgrade(headers: &http::HeaderMap) -> bool {

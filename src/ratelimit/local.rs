@@ -52,13 +52,13 @@ impl LocalStore {
 
     /// Drops counters that can no longer matter; returns how many went.
     pub fn sweep(&self, now: u64) -> usize {
-        let before = self.counters.len();
-        self.counters.retain(|_, c| !c.is_idle(now, self.window_ms));
-        let removed = before.saturating_sub(self.counters.len());
-        self.len.fetch_sub(
-            removed.min(self.len.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
+        let mut removed = 0;
+        self.counters.retain(|_, c| {
+            let keep = !c.is_idle(now, self.window_ms);
+            removed += usize::from(!keep);
+            keep
+        });
+        self.len.fetch_sub(removed, Ordering::Relaxed);
         removed
     }
 

@@ -128,6 +128,7 @@ impl RateLimits {
             let p = &self.policies[i];
             key.clear();
             p.key_bytes(parts, &mut key);
+            bound_key(&mut key);
             let verdict = match &p.store {
                 Store::Local(s) => s.check(&key, clock_ms()),
                 Store::Redis {
@@ -139,12 +140,14 @@ impl RateLimits {
                         .await
                     {
                         Ok(v) => v,
+                        // Failing open: this policy says nothing, neither a refusal nor headers.
+                        Err(_) if *allow_on_error => continue,
                         Err(_) => Verdict {
-                            allowed: *allow_on_error,
+                            allowed: false,
                             limit: p.limit,
                             remaining: 0,
                             reset_ms: p.window_ms,
-                            retry_after_ms: if *allow_on_error { 0 } else { 1000 },
+                            retry_after_ms: 1000,
                         },
                     }
                 }
@@ -246,6 +249,29 @@ impl Policy {
     }
 }
 
+/// Longest key stored as it is; longer ones (a huge header value) are stored as a 128-bit
+/// hash, so that the memory bound of a store is in keys and a key's size is bounded too.
+pub const MAX_KEY_BYTES: usize = 64;
+
+fn bound_key(key: &mut Vec<u8>) {
+    use std::hash::{Hash, Hasher};
+    if key.len() <= MAX_KEY_BYTES {
+        return;
+    }
+    // SipHash with fixed keys: the same on every instance of this binary (Redis keys must
+    // agree across gateways); collisions at 128 bits are not a practical concern.
+    let mut h1 = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h1);
+    let mut h2 = std::collections::hash_map::DefaultHasher::new();
+    0xA5u8.hash(&mut h2);
+    key.hash(&mut h2);
+    let (a, b) = (h1.finish(), h2.finish());
+    key.clear();
+    key.push(b'#');
+    key.extend_from_slice(&a.to_be_bytes());
+    key.extend_from_slice(&b.to_be_bytes());
+}
+
 /// A Redis key: a hash tag of policy and key, hex-encoded so any bytes are safe.
 fn redis_key(policy: &str, key: &[u8]) -> String {
     let mut s = String::with_capacity(16 + policy.len() + key.len() * 2);
@@ -277,5 +303,23 @@ impl BackgroundService for Sweeper {
                 log::debug!("rate limits: swept {removed} idle keys");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bound_key;
+
+    #[test]
+    fn long_keys_are_hashed_to_a_fixed_size() {
+        let mut short = b"hshort".to_vec();
+        bound_key(&mut short);
+        assert_eq!(short, b"hshort");
+        let mut a = [b"h".as_slice(), &[b'x'; 5000]].concat();
+        let mut b = [b"h".as_slice(), &[b'x'; 4999], b"y"].concat();
+        bound_key(&mut a);
+        bound_key(&mut b);
+        assert_eq!(a.len(), 17);
+        assert_ne!(a, b);
     }
 }

@@ -81,6 +81,9 @@ fn ceil_ms(t: f64) -> u64 {
 impl Counter {
     /// Rolls the windows forward to `now`, then counts the request if it fits.
     pub fn check(&mut self, now: u64, window: u64, limit: u32) -> Verdict {
+        // A caller that read the clock just before another moved this counter into a new
+        // window belongs to that window; going back would wipe it.
+        let now = now.max(self.window_start);
         let start = now - now % window;
         if start != self.window_start {
             self.previous = if start.saturating_sub(self.window_start) == window {
@@ -149,5 +152,21 @@ mod tests {
         assert!(probe.check(W / 2 + v.retry_after_ms, W, 3).allowed);
         let mut early = c;
         assert!(!early.check(W / 2 + v.retry_after_ms - 50, W, 3).allowed);
+    }
+}
+
+#[cfg(test)]
+mod race_tests {
+    use super::*;
+
+    #[test]
+    fn a_late_clock_reading_does_not_wipe_a_new_window() {
+        let mut c = Counter::default();
+        for _ in 0..5 {
+            assert!(c.check(10_500, 1_000, 5).allowed);
+        }
+        // A thread that read 9_999 (old window) gets the lock after the roll-over.
+        assert!(!c.check(9_999, 1_000, 5).allowed);
+        assert_eq!(c.current, 5);
     }
 }
