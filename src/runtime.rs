@@ -5,17 +5,26 @@ use std::sync::Arc;
 
 use pingora_core::services::ServiceWithDependents;
 
+use crate::aggregate::client::SubClient;
+use crate::aggregate::Aggregate;
 use crate::auth::Authenticator;
 use crate::config::{AuthMode, Config, ServerConfig};
 use crate::ratelimit::{RateLimits, Sweeper};
 use crate::routing::Router;
 use crate::upstream::Cluster;
 
+/// Where a route's requests go.
+pub enum RouteTarget {
+    /// Proxied to the cluster at this index of `Runtime::clusters`.
+    Proxy(usize),
+    /// A composite endpoint.
+    Aggregate(Arc<Aggregate>),
+}
+
 /// A route, as the request path needs it.
 pub struct Route {
     pub name: Box<str>,
-    /// Index into `Runtime::clusters`.
-    pub cluster: usize,
+    pub target: RouteTarget,
     pub strip_prefix: Option<Box<str>>,
     pub auth: AuthMode,
     pub required_scopes: Vec<String>,
@@ -31,6 +40,8 @@ pub struct Runtime {
     /// Present when `auth.jwt` is configured.
     pub auth: Option<Arc<Authenticator>>,
     pub rate_limits: Arc<RateLimits>,
+    /// The client composite routes make their sub-requests with.
+    pub sub_client: Arc<SubClient>,
 }
 
 impl Runtime {
@@ -61,24 +72,38 @@ impl Runtime {
         let routes = cfg
             .routes
             .iter()
-            .map(|r| Route {
-                name: r.name.as_str().into(),
-                // Validated at load: every route names an existing upstream.
-                cluster: cfg
-                    .upstreams
-                    .iter()
-                    .position(|u| u.name == r.upstream)
-                    .unwrap_or_default(),
-                strip_prefix: r.strip_prefix.as_deref().map(Into::into),
-                auth: r.auth,
-                required_scopes: r.required_scopes.clone(),
-                rate_limit: r
-                    .rate_limit
-                    .iter()
-                    .filter_map(|name| rate_limits.index_of(name))
-                    .collect(),
+            .map(|r| -> Result<Route, String> {
+                Ok(Route {
+                    name: r.name.as_str().into(),
+                    // Validated at load: a route names an existing upstream or has parts that do.
+                    target: match &r.aggregate {
+                        Some(agg) => RouteTarget::Aggregate(Arc::new(
+                            Aggregate::build(agg, |name| {
+                                let i = cfg.upstreams.iter().position(|u| u.name == name)?;
+                                Some(clusters[i].clone())
+                            })
+                            .ok_or_else(|| {
+                                format!("route {}: a part names an unknown upstream", r.name)
+                            })?,
+                        )),
+                        None => RouteTarget::Proxy(
+                            cfg.upstreams
+                                .iter()
+                                .position(|u| Some(&u.name) == r.upstream.as_ref())
+                                .unwrap_or_default(),
+                        ),
+                    },
+                    strip_prefix: r.strip_prefix.as_deref().map(Into::into),
+                    auth: r.auth,
+                    required_scopes: r.required_scopes.clone(),
+                    rate_limit: r
+                        .rate_limit
+                        .iter()
+                        .filter_map(|name| rate_limits.index_of(name))
+                        .collect(),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, String>>()?;
         let runtime = Runtime {
             router: Router::build(&cfg.routes),
             routes,
@@ -86,8 +111,17 @@ impl Runtime {
             server: cfg.server.clone(),
             auth,
             rate_limits,
+            sub_client: Arc::new(SubClient::default()),
         };
         Ok((runtime, services))
+    }
+
+    /// The cluster a proxied route sends to; `None` for composite routes.
+    pub fn cluster_for(&self, route: usize) -> Option<&Arc<Cluster>> {
+        match self.routes.get(route)?.target {
+            RouteTarget::Proxy(i) => self.clusters.get(i),
+            RouteTarget::Aggregate(_) => None,
+        }
     }
 
     /// Upstreams without a single healthy backend, for readiness.

@@ -4,6 +4,7 @@
 //! with its key path. Nothing here touches a socket; `crate::runtime` compiles a `Config` into
 //! what the request path reads.
 
+mod aggregate;
 mod auth;
 mod limits;
 mod reader;
@@ -11,6 +12,7 @@ mod schema;
 
 use std::path::Path;
 
+pub use aggregate::{AggregateConfig, PartConfig, DEFAULT_MAX_PART_BYTES};
 pub use auth::{AuthMode, HmacSecret, JwtAlgorithm, JwtConfig, SecretSource, MIN_SECRET_BYTES};
 pub use limits::{LimitKey, LimitStore, RateLimitConfig, RedisConfig, DEFAULT_MAX_KEYS};
 pub use reader::{ConfigErrors, ConfigIssue};

@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use serde_yaml::Value;
 
+use super::aggregate::{read_aggregate, AggregateConfig};
 use super::auth::{read_auth, read_auth_mode, string_list, AuthMode, JwtConfig};
 use super::limits::{
     read_rate_limits, read_redis, LimitKey, LimitStore, RateLimitConfig, RedisConfig,
@@ -127,7 +128,10 @@ pub struct RouteConfig {
     pub methods: Option<Vec<Method>>,
     /// Lower-cased, without port. `None`: any host.
     pub host: Option<String>,
-    pub upstream: String,
+    /// The cluster requests go to; `None` for a composite route.
+    pub upstream: Option<String>,
+    /// A composite endpoint instead of an upstream.
+    pub aggregate: Option<AggregateConfig>,
     pub strip_prefix: Option<String>,
     pub auth: AuthMode,
     /// Names of `rate_limits` policies; every one must allow the request.
@@ -224,6 +228,7 @@ pub(super) fn read(root: &Value) -> Result<Config, ConfigErrors> {
                     item,
                     has_jwt,
                     &policy_names,
+                    &upstream_names,
                 ) {
                     routes.push((i, route));
                 }
@@ -557,6 +562,7 @@ fn read_route(
     value: &Value,
     has_jwt: bool,
     policies: &[String],
+    upstream_names: &[String],
 ) -> Option<RouteConfig> {
     let t = r.table(
         path,
@@ -569,6 +575,7 @@ fn read_route(
             "auth",
             "required_scopes",
             "rate_limit",
+            "aggregate",
         ],
     )?;
     let ap = key_path(path, "auth");
@@ -703,12 +710,49 @@ fn read_route(
         Some(h)
     });
     let up = key_path(path, "upstream");
-    let upstream = match t.get("upstream") {
-        Some(v) => r.string(&up, v),
-        None => {
-            r.error(&up, "is required");
-            None
+    let upstream = t.get("upstream").and_then(|v| r.string(&up, v));
+    let aggregate = t.get("aggregate").and_then(|v| {
+        let params: Vec<&str> = match &route_path {
+            Some(RoutePath::Exact(p)) => p.param_names().collect(),
+            _ => Vec::new(),
+        };
+        read_aggregate(
+            r,
+            &key_path(path, "aggregate"),
+            v,
+            &params,
+            has_jwt,
+            upstream_names,
+        )
+    });
+    match (t.get("upstream").is_some(), t.get("aggregate").is_some()) {
+        (true, true) => r.error(path, "give either upstream or aggregate, not both"),
+        (false, false) => r.error(&up, "is required (or aggregate, for a composite route)"),
+        (false, true) => {
+            if t.get("strip_prefix").is_some() {
+                r.error(
+                    &key_path(path, "strip_prefix"),
+                    "does not apply to composite routes",
+                );
+            }
+            // Composite routes answer GET and HEAD; a body has no part to go to.
+            if let Some(bad) = methods
+                .iter()
+                .flatten()
+                .find(|m| **m != Method::GET && **m != Method::HEAD)
+            {
+                r.error(
+                    &key_path(&mp, "methods"),
+                    format!("composite routes answer GET and HEAD only, not {bad}"),
+                );
+            }
         }
+        (true, false) => {}
+    }
+    let methods = if t.get("aggregate").is_some() && methods.is_none() {
+        Some(vec![Method::GET, Method::HEAD])
+    } else {
+        methods
     };
     let sp = key_path(path, "strip_prefix");
     let strip_prefix = t
@@ -736,7 +780,8 @@ fn read_route(
         path: route_path?,
         methods,
         host,
-        upstream: upstream?,
+        upstream,
+        aggregate,
         strip_prefix,
         auth,
         rate_limit,

@@ -85,18 +85,8 @@ pub fn prepare_upstream_request(
 ) {
     let upgrade = is_upgrade(&req.headers);
     remove_hop_by_hop(req, upgrade);
-    if let Some(ip) = client_ip {
-        let value = match req
-            .headers
-            .get(X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            let _ = req.insert_header("x-forwarded-for", v);
-        }
+    if let Some(v) = forwarded_for(req, client_ip) {
+        let _ = req.insert_header("x-forwarded-for", v);
     }
     let _ = req.insert_header("x-forwarded-proto", HeaderValue::from_static("http"));
     match host {
@@ -108,6 +98,20 @@ pub fn prepare_upstream_request(
         }
     }
     let _ = req.insert_header("x-request-id", request_id.clone());
+}
+
+/// X-Forwarded-For with the client's address appended to what the request carried.
+pub fn forwarded_for(req: &RequestHeader, client_ip: Option<IpAddr>) -> Option<HeaderValue> {
+    let ip = client_ip?;
+    let value = match req
+        .headers
+        .get(X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.to_string(),
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 /// Cleans an upstream response before it reaches the client.

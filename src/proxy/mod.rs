@@ -1,6 +1,7 @@
 //! The `ProxyHttp` implementation: the conductor. Each phase asks a module for a decision and
 //! carries it out; only this module writes to the session.
 
+mod composite;
 pub mod headers;
 pub mod plan;
 
@@ -20,7 +21,7 @@ use crate::config::{AuthMode, HashKey};
 use crate::ratelimit::{KeyParts, RouteVerdict};
 use crate::respond::{ErrorCode, GatewayError};
 use crate::routing::RouteId;
-use crate::runtime::Runtime;
+use crate::runtime::{RouteTarget, Runtime};
 use crate::upstream::SelectError;
 
 /// Per-request state.
@@ -110,6 +111,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(p.route);
         ctx.upstream_target = p.upstream_target;
+        let params = p.params;
         let route = &self.runtime.routes[p.route];
         if let (Some(auth), true) = (&self.runtime.auth, route.auth != AuthMode::None) {
             let verdict = auth
@@ -149,6 +151,11 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
+        if let RouteTarget::Aggregate(aggregate) = &route.target {
+            self.serve_composite(session, ctx, aggregate, params)
+                .await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 
@@ -180,7 +187,12 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
-        let cluster = &self.runtime.clusters[self.runtime.routes[route].cluster];
+        let Some(cluster) = self.runtime.cluster_for(route) else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "a composite route has no upstream",
+            );
+        };
         let mut ip_buf = [0u8; 16];
         let jwt_key;
         let key: &[u8] = match &cluster.hash_key {
@@ -190,7 +202,11 @@ impl ProxyHttp for Gateway {
             },
             HashKey::ClientIp => client_ip_key(session, &mut ip_buf),
             HashKey::Jwt(claim) => {
-                match ctx.identity.as_deref().and_then(|id| id.claim_bytes(claim)) {
+                match ctx
+                    .identity
+                    .as_deref()
+                    .and_then(|id| id.claim_bytes(claim.as_str()))
+                {
                     Some(v) => {
                         jwt_key = v;
                         &jwt_key
@@ -227,7 +243,9 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let Some(route) = ctx.route else { return e };
-        let cluster = &self.runtime.clusters[self.runtime.routes[route].cluster];
+        let Some(cluster) = self.runtime.cluster_for(route) else {
+            return e;
+        };
         ctx.connect_timed_out = matches!(e.etype(), ErrorType::ConnectTimedout);
         if let Some(addr) = peer.address().as_inet() {
             ctx.tried.push(*addr);
@@ -270,7 +288,9 @@ impl ProxyHttp for Gateway {
                 ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
             );
         if let (true, Some(route)) = (dropped, ctx.route) {
-            let cluster = &self.runtime.clusters[self.runtime.routes[route].cluster];
+            let Some(cluster) = self.runtime.cluster_for(route) else {
+                return e;
+            };
             if ctx.connect_retries < cluster.retries {
                 if let Some(addr) = peer.address().as_inet() {
                     ctx.tried.push(*addr);

@@ -6,7 +6,7 @@ use pingora_http::RequestHeader;
 
 use crate::respond::{ErrorCode, GatewayError};
 use crate::routing::{normalize_path, strip_prefix, Lookup, RouteId};
-use crate::runtime::Runtime;
+use crate::runtime::{RouteTarget, Runtime};
 
 /// Where a request goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -14,6 +14,8 @@ pub struct Plan {
     pub route: RouteId,
     /// The path and query to send upstream, when it differs from what the client sent.
     pub upstream_target: Option<String>,
+    /// The route's `{param}` values, kept only for composite routes (their part paths use them).
+    pub params: Vec<(Box<str>, String)>,
 }
 
 pub fn plan(rt: &Runtime, req: &RequestHeader) -> Result<Plan, GatewayError> {
@@ -34,7 +36,18 @@ pub fn plan(rt: &Runtime, req: &RequestHeader) -> Result<Plan, GatewayError> {
         .map_err(|e| GatewayError::with_message(ErrorCode::BadRequest, e.message()))?;
     let host = request_host(req);
     match rt.router.lookup(host, &req.method, &path) {
-        Lookup::Found { route, .. } => {
+        Lookup::Found { route, params } => {
+            if matches!(rt.routes[route].target, RouteTarget::Aggregate(_)) {
+                let params = params
+                    .iter()
+                    .map(|(n, v)| (n.into(), v.to_string()))
+                    .collect();
+                return Ok(Plan {
+                    route,
+                    upstream_target: None,
+                    params,
+                });
+            }
             let forwarded = match rt.routes[route].strip_prefix.as_deref() {
                 Some(prefix) => strip_prefix(&path, prefix),
                 None => &path,
@@ -50,6 +63,7 @@ pub fn plan(rt: &Runtime, req: &RequestHeader) -> Result<Plan, GatewayError> {
             Ok(Plan {
                 route,
                 upstream_target,
+                params: Vec::new(),
             })
         }
         Lookup::MethodNotAllowed(allow) => {
@@ -131,7 +145,8 @@ routes:
             p,
             Plan {
                 route: 1,
-                upstream_target: None
+                upstream_target: None,
+                params: Vec::new(),
             }
         );
     }

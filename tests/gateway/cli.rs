@@ -146,6 +146,25 @@ fn bad_configs_name_their_key_paths() {
                 "routes[1].required_scopes: needs auth: required or optional",
             ],
         ),
+        (
+            "upstreams:\n  u: { backends: [\"127.0.0.1:1\"] }\nroutes:\n  - name: a\n    match: { path: \"/a/{id}\", methods: [GET, POST] }\n    upstream: u\n    strip_prefix: /a\n    aggregate:\n      timeout: 1s\n      parts:\n        - { name: p, upstream: ghost, path: \"/x/{path.nope}\" }\n        - { name: p, upstream: u, path: \"/y/{jwt.sub}\" }\n        - { name: q, upstream: u, path: /z, timeout: 2s }\n",
+            &[
+                "routes[0]: give either upstream or aggregate, not both",
+                "routes[0].aggregate.parts[0].upstream: unknown upstream \"ghost\"",
+                "routes[0].aggregate.parts[0].path: {path.nope}: the route's path has no {nope} parameter",
+                "routes[0].aggregate.parts[1].name: duplicate part name \"p\"",
+                "routes[0].aggregate.parts[1].path: {jwt.sub}: jwt values need auth.jwt",
+                "routes[0].aggregate.parts[2].timeout: is longer than aggregate.timeout",
+            ],
+        ),
+        (
+            "upstreams:\n  u: { backends: [\"127.0.0.1:1\"] }\nroutes:\n  - name: a\n    match: { path_prefix: /a, methods: [POST] }\n    strip_prefix: /a\n    aggregate: { parts: [] }\n",
+            &[
+                "routes[0].aggregate.parts: at least one part is required",
+                "routes[0].strip_prefix: does not apply to composite routes",
+                "routes[0].match.methods: composite routes answer GET and HEAD only, not POST",
+            ],
+        ),
         ("routes: []\n", &["upstreams: at least one upstream is required", "routes: at least one route is required"]),
         ("server:\n  listen: [\n", &["YAML syntax error at line 3, column 1"]),
         ("- just\n- a list\n", &["expected a mapping, found a list"]),

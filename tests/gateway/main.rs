@@ -3,6 +3,7 @@
 mod support;
 mod tokens;
 
+mod aggregate;
 mod auth;
 mod balancing;
 mod cli;

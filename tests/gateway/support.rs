@@ -218,7 +218,22 @@ fn serve_conn(conn: TcpStream, name: &str, st: &BackendState) {
                 "headers": hdrs,
                 "body": String::from_utf8_lossy(&body),
             });
-            (st.status.load(Ordering::SeqCst), v.to_string())
+            // Test hooks: a chosen status, a body that is not JSON, a large body.
+            if let Some(code) = path
+                .strip_prefix("/__status/")
+                .and_then(|c| c.parse::<u16>().ok())
+            {
+                (code, v.to_string())
+            } else if path.starts_with("/__text") {
+                (200, "plain text, not JSON".to_string())
+            } else if let Some(n) = path
+                .strip_prefix("/__big/")
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                (200, format!("\"{}\"", "x".repeat(n)))
+            } else {
+                (st.status.load(Ordering::SeqCst), v.to_string())
+            }
         };
         let resp = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{payload}",

@@ -1,0 +1,118 @@
+//! The sub-request client: one GET to a cluster, through the same balancing, health state,
+//! passive ejection and retry-on-connect-failure rules as proxied requests, on pooled
+//! keep-alive connections (Pingora's own `Connector`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
+use pingora_core::connectors::http::Connector;
+use pingora_core::upstreams::peer::Peer;
+use pingora_error::ErrorType;
+use pingora_http::RequestHeader;
+
+use super::PartError;
+use crate::upstream::{Cluster, SelectError};
+
+/// How long an idle sub-request connection stays pooled.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
+pub struct SubClient {
+    connector: Connector,
+}
+
+impl Default for SubClient {
+    fn default() -> Self {
+        SubClient {
+            connector: Connector::new(None),
+        }
+    }
+}
+
+impl SubClient {
+    /// GETs `target` from `cluster` and returns the body of a 2xx answer (at most `max_bytes`).
+    pub async fn get(
+        &self,
+        cluster: &Cluster,
+        key: &[u8],
+        target: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        max_bytes: usize,
+    ) -> Result<Bytes, PartError> {
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut retries_left = cluster.retries;
+        loop {
+            let peer = cluster.select(key, &tried).map_err(|e| match e {
+                SelectError::NoHealthyBackend => PartError::Unavailable,
+                SelectError::AllTried => PartError::Connect,
+            })?;
+            let addr = peer.address().as_inet().copied();
+            let (mut session, _reused) = match self.connector.get_http_session(&peer).await {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Some(a) = addr {
+                        tried.push(a);
+                        cluster.report_connect_failure(&a);
+                    }
+                    if retries_left > 0 {
+                        retries_left -= 1;
+                        continue;
+                    }
+                    return Err(if matches!(e.etype(), ErrorType::ConnectTimedout) {
+                        PartError::Timeout
+                    } else {
+                        PartError::Connect
+                    });
+                }
+            };
+            let mut req = RequestHeader::build("GET", target.as_bytes(), Some(headers.len() + 1))
+                .map_err(|_| PartError::Upstream)?;
+            for (name, value) in headers {
+                req.insert_header(name.clone(), value.clone())
+                    .map_err(|_| PartError::Upstream)?;
+            }
+            req.insert_header("accept", "application/json")
+                .map_err(|_| PartError::Upstream)?;
+            let exchange = async {
+                session.write_request_header(Box::new(req)).await?;
+                session.finish_request_body().await?;
+                session.read_response_header().await?;
+                Ok::<_, Box<pingora_error::Error>>(())
+            };
+            if let Err(e) = exchange.await {
+                return Err(match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => PartError::Timeout,
+                    _ => PartError::Upstream,
+                });
+            }
+            let status = session.response_header().map_or(0, |h| h.status.as_u16());
+            if !(200..300).contains(&status) {
+                return Err(PartError::Status(status));
+            }
+            let mut body = BytesMut::new();
+            loop {
+                match session.read_response_body().await {
+                    Ok(Some(chunk)) => {
+                        if body.len() + chunk.len() > max_bytes {
+                            return Err(PartError::TooLarge);
+                        }
+                        body.extend_from_slice(&chunk);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(match e.etype() {
+                            ErrorType::ReadTimedout => PartError::Timeout,
+                            _ => PartError::Upstream,
+                        })
+                    }
+                }
+            }
+            // A complete, clean exchange: the connection goes back to the pool.
+            self.connector
+                .release_http_session(session, &peer, Some(POOL_IDLE))
+                .await;
+            return Ok(body.freeze());
+        }
+    }
+}
