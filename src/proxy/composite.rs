@@ -140,21 +140,8 @@ impl Gateway {
         if !stitched.failed.is_empty() {
             resp.insert_header("x-aggregate-failed", stitched.failed.join(","))?;
         }
-        if let Some(v) = &ctx.rate_verdict {
-            for (name, value) in self.runtime.rate_limits.headers(v) {
-                resp.insert_header(name, value)?;
-            }
-        }
-        let head_only = session.req_header().method == http::Method::HEAD;
-        session
-            .write_response_header(Box::new(resp), head_only)
-            .await?;
-        if !head_only {
-            session
-                .write_response_body(Some(bytes::Bytes::from(stitched.body)), true)
-                .await?;
-        }
-        Ok(())
+        self.write_answer(session, ctx, resp, bytes::Bytes::from(stitched.body))
+            .await
     }
 
     /// What every part carries: the request id, the forwarding headers, the identity.

@@ -67,18 +67,35 @@ impl Gateway {
     ) -> Result<()> {
         let id = ctx.request_id().clone();
         let body = err.body(id.to_str().unwrap_or(""));
-        let mut head = err.header(&id, body.len(), false);
-        if let Some(v) = &ctx.rate_verdict {
-            for (name, value) in self.runtime.rate_limits.headers(v) {
-                head.insert_header(name, value)?;
-            }
-        }
+        let head = err.header(&id, body.len(), false);
+        self.write_answer(session, ctx, head, body).await
+    }
+
+    /// Writes a complete answer the gateway made itself; HEAD gets the header only.
+    async fn write_answer(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        mut head: ResponseHeader,
+        body: Bytes,
+    ) -> Result<()> {
+        self.add_rate_headers(ctx, &mut head)?;
         let head_only = session.req_header().method == http::Method::HEAD;
         session
             .write_response_header(Box::new(head), head_only)
             .await?;
         if !head_only {
             session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// The RateLimit-* headers, on every answer of a limited route.
+    fn add_rate_headers(&self, ctx: &RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
+        if let Some(v) = &ctx.rate_verdict {
+            for (name, value) in self.runtime.rate_limits.headers(v) {
+                resp.insert_header(name, value)?;
+            }
         }
         Ok(())
     }
@@ -348,11 +365,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let id = ctx.request_id().clone();
         headers::prepare_response(upstream_response, &id);
-        if let Some(v) = &ctx.rate_verdict {
-            for (name, value) in self.runtime.rate_limits.headers(v) {
-                upstream_response.insert_header(name, value)?;
-            }
-        }
+        self.add_rate_headers(ctx, upstream_response)?;
         Ok(())
     }
 
