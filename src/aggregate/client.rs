@@ -3,7 +3,6 @@
 //! keep-alive connections (Pingora's own `Connector`).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
@@ -14,9 +13,6 @@ use pingora_http::RequestHeader;
 
 use super::PartError;
 use crate::upstream::{Cluster, SelectError};
-
-/// How long an idle sub-request connection stays pooled.
-const POOL_IDLE: Duration = Duration::from_secs(30);
 
 pub struct SubClient {
     connector: Connector,
@@ -42,15 +38,18 @@ impl SubClient {
     ) -> Result<Bytes, PartError> {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut retries_left = cluster.retries;
+        let mut timed_out = false;
         loop {
             let peer = cluster.select(key, &tried).map_err(|e| match e {
                 SelectError::NoHealthyBackend => PartError::Unavailable,
+                SelectError::AllTried if timed_out => PartError::Timeout,
                 SelectError::AllTried => PartError::Connect,
             })?;
             let addr = peer.address().as_inet().copied();
             let (mut session, _reused) = match self.connector.get_http_session(&peer).await {
                 Ok(s) => s,
                 Err(e) => {
+                    timed_out = matches!(e.etype(), ErrorType::ConnectTimedout);
                     if let Some(a) = addr {
                         tried.push(a);
                         cluster.report_connect_failure(&a);
@@ -59,7 +58,7 @@ impl SubClient {
                         retries_left -= 1;
                         continue;
                     }
-                    return Err(if matches!(e.etype(), ErrorType::ConnectTimedout) {
+                    return Err(if timed_out {
                         PartError::Timeout
                     } else {
                         PartError::Connect
@@ -74,6 +73,13 @@ impl SubClient {
             }
             req.insert_header("accept", "application/json")
                 .map_err(|_| PartError::Upstream)?;
+            if !req.headers.contains_key(http::header::HOST) {
+                // An HTTP/1.0 client may send no Host; an HTTP/1.1 request needs one.
+                if let Some(a) = addr {
+                    req.insert_header(http::header::HOST, a.to_string())
+                        .map_err(|_| PartError::Upstream)?;
+                }
+            }
             let exchange = async {
                 session.write_request_header(Box::new(req)).await?;
                 session.finish_request_body().await?;
@@ -110,7 +116,7 @@ impl SubClient {
             }
             // A complete, clean exchange: the connection goes back to the pool.
             self.connector
-                .release_http_session(session, &peer, Some(POOL_IDLE))
+                .release_http_session(session, &peer, peer.options.idle_timeout)
                 .await;
             return Ok(body.freeze());
         }

@@ -108,13 +108,14 @@ impl Aggregate {
         })
     }
 
-    /// Runs every part. `headers` go on every sub-request; `key` feeds consistent hashing.
+    /// Runs every part. `headers` go on every sub-request; `key_for` gives the request's key
+    /// for a cluster's `hash_key` (consistent hashing), as for proxied requests.
     pub async fn run(
         self: &Arc<Self>,
         client: &Arc<SubClient>,
         values: &(dyn Values + Sync),
         headers: Arc<Vec<(HeaderName, HeaderValue)>>,
-        key: Arc<[u8]>,
+        key_for: &(dyn Fn(&crate::config::HashKey) -> Vec<u8> + Sync),
     ) -> Result<Stitched, RequiredFailed> {
         let mut results: Vec<Option<Result<Bytes, PartError>>> = vec![None; self.parts.len()];
         let mut tasks = JoinSet::new();
@@ -126,8 +127,12 @@ impl Aggregate {
                     continue;
                 }
             };
-            let (me, client, headers, key) =
-                (self.clone(), client.clone(), headers.clone(), key.clone());
+            let (me, client, headers, key) = (
+                self.clone(),
+                client.clone(),
+                headers.clone(),
+                key_for(&part.cluster.hash_key),
+            );
             tasks.spawn(async move {
                 let part = &me.parts[i];
                 let fetched = tokio::time::timeout(

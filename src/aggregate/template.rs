@@ -118,6 +118,8 @@ impl Template {
                     name,
                     in_query,
                 } => match values.get(*source, name) {
+                    // An empty value in the path would call another path (`/u//x`).
+                    Some(v) if v.is_empty() && !*in_query => return Err(name.clone()),
                     Some(v) => encode_into(&mut out, &v),
                     None if *in_query => {}
                     None => return Err(name.clone()),
@@ -216,6 +218,12 @@ mod tests {
         assert_eq!(t.fill(&Map(HashMap::new())).unwrap_err(), "x-user");
         let v = Map(HashMap::from([((2, "x-user"), "u1")]));
         assert_eq!(t.fill(&v).unwrap(), "/u/u1?limit=");
+        let empty = Map(HashMap::from([((2, "x-user"), "")]));
+        assert_eq!(
+            t.fill(&empty).unwrap_err(),
+            "x-user",
+            "an empty path value is missing"
+        );
     }
 
     #[test]

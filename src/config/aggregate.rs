@@ -37,10 +37,11 @@ pub(super) fn read_aggregate(
     upstream_names: &[String],
 ) -> Option<AggregateConfig> {
     let t = r.table(path, value, &["timeout", "max_part_bytes", "parts"])?;
-    let timeout = match t.get("timeout") {
-        Some(v) => r.duration(&key_path(path, "timeout"), v)?,
-        None => Duration::from_secs(5),
-    };
+    // An invalid timeout is reported, and the rest is still checked against the default.
+    let timeout = t
+        .get("timeout")
+        .and_then(|v| r.duration(&key_path(path, "timeout"), v))
+        .unwrap_or(Duration::from_secs(5));
     let max_part_bytes = t
         .get("max_part_bytes")
         .and_then(|v| r.integer(&key_path(path, "max_part_bytes"), v, 1, 64 << 20))

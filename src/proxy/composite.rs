@@ -13,6 +13,7 @@ use super::{headers, Gateway, RequestCtx};
 use crate::aggregate::template::{Source, Values};
 use crate::aggregate::{Aggregate, PartError};
 use crate::auth::Identity;
+use crate::config::HashKey;
 use crate::respond::{ErrorCode, GatewayError};
 
 /// Placeholder values of one request.
@@ -101,10 +102,25 @@ impl Gateway {
             &id,
             ctx.identity.as_deref(),
         ));
-        let key: Arc<[u8]> = match client_ip {
-            Some(std::net::IpAddr::V4(a)) => Arc::from(&a.octets()[..]),
-            Some(std::net::IpAddr::V6(a)) => Arc::from(&a.octets()[..]),
-            None => Arc::from(&[][..]),
+        let key_for = |hash_key: &HashKey| -> Vec<u8> {
+            let header_or_claim = match hash_key {
+                HashKey::Header(name) => session
+                    .req_header()
+                    .headers
+                    .get(name)
+                    .map(|v| v.as_bytes().to_vec()),
+                HashKey::Jwt(claim) => ctx
+                    .identity
+                    .as_deref()
+                    .and_then(|id| id.claim_bytes(claim))
+                    .map(|c| c.into_owned()),
+                HashKey::ClientIp => None,
+            };
+            header_or_claim.unwrap_or_else(|| match client_ip {
+                Some(std::net::IpAddr::V4(a)) => a.octets().to_vec(),
+                Some(std::net::IpAddr::V6(a)) => a.octets().to_vec(),
+                None => Vec::new(),
+            })
         };
         let outcome = {
             let values = RequestValues {
@@ -113,7 +129,7 @@ impl Gateway {
                 identity: ctx.identity.as_deref(),
             };
             aggregate
-                .run(&self.runtime.sub_client, &values, part_headers, key)
+                .run(&self.runtime.sub_client, &values, part_headers, &key_for)
                 .await
         };
         let stitched = match outcome {
