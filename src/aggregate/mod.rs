@@ -162,8 +162,10 @@ impl Aggregate {
                     let failed_required = self.parts[i].required && outcome.is_err();
                     results[i] = Some(outcome);
                     if failed_required {
-                        tasks.abort_all();
-                        return Err(self.first_required_failure(&results).expect("just failed"));
+                        if let Some(failed) = self.first_required_failure(&results) {
+                            tasks.abort_all();
+                            return Err(failed);
+                        }
                     }
                 }
                 // A task cannot panic short of a bug; its part counts as failed.
