@@ -18,11 +18,21 @@
 #   WARMUP=1            seconds of warm-up per proxy and scenario before round 1 (0 = none)
 #   PORTCULLIS_BIN      default: target/release/portcullis (built with `cargo build --release`
 #                       if that default path is missing; an explicit path must exist)
-#   NO_BUILD=1          never run cargo; fail if the binary is missing
+#   NO_BUILD=1          never run cargo; fail if a binary is missing
 #   UPSTREAM_PORT=18081 NGINX_PORT=18082 PORTCULLIS_PORT=18083 ADMIN_PORT=18084
 #                       if a port is not set explicitly and the default is busy, the next
 #                       free port is used; an explicitly set port must be free
-#   SCENARIOS=baseline  space-separated list of scenarios to run (see "scenarios" in this file)
+#   SCENARIOS=baseline  space-separated list of scenarios to run (see "scenarios" in this file):
+#                       baseline   GET /        plain proxy (the catch-all route)
+#                       jwt_hs256  GET /jwt-hs  portcullis `auth: required`, one HS256 token
+#                       jwt_es256  GET /jwt-es  portcullis `auth: required`, one ES256 token (kid ec256)
+#                       ratelimit  GET /rl      portcullis `rate_limit: [bench_limit]`, never refusing
+#                       nginx proxies the same paths plainly; with baseline in the list, the
+#                       report also gives each scenario's req/s relative to baseline per proxy
+#   MINT_TOKEN_BIN      token minter for the jwt_* scenarios, default:
+#                       target/release/examples/mint_token (built with `cargo build --release
+#                       --example mint_token` if that default path is missing and NO_BUILD!=1;
+#                       an explicit path must exist)
 #   PIN_CPUS=0          1 = taskset: upstream + wrk on CPU 0, the proxy under test on CPU 1
 #   RESULT_FILE=        write a markdown snippet with the results to this path
 #   RESULT_JSON=        write the results as JSON to this path
@@ -58,6 +68,8 @@ RESULT_FILE="${RESULT_FILE:-}"
 RESULT_JSON="${RESULT_JSON:-}"
 DEFAULT_PORTCULLIS_BIN="target/release/portcullis"
 PORTCULLIS_BIN="${PORTCULLIS_BIN:-$DEFAULT_PORTCULLIS_BIN}"
+DEFAULT_MINT_TOKEN_BIN="target/release/examples/mint_token"
+MINT_TOKEN_BIN="${MINT_TOKEN_BIN:-$DEFAULT_MINT_TOKEN_BIN}"
 READY_TIMEOUT=10           # seconds to wait for each server to answer 200
 EXPECTED_BODY='{"ok":true,"service":"bench"}'
 
@@ -120,6 +132,113 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- scenarios
+# A scenario is a name plus: extra nginx `location` blocks, extra portcullis `routes`
+# entries, and a bench_pair call. To add one:
+#   1. write scenario_NAME_nginx   -> prints nginx location blocks (inside `server {}`)
+#   2. write scenario_NAME_routes  -> prints portcullis route list items (YAML, 2-space indent)
+#   3. write scenario_NAME_run     -> calls: bench_pair NAME URL_NGINX URL_PORTCULLIS [wrk args...]
+#      (wrk args, e.g. -H "Authorization: Bearer $TOKEN", go to both proxies; the -H
+#      headers also go to the curl that checks each URL answers 200 with the upstream body)
+#   4. run with SCENARIOS="baseline NAME"
+# Optional hooks:
+#   scenario_NAME_toplevel -> prints top-level portcullis YAML sections (`auth:`,
+#      `rate_limits:`), emitted only when NAME is selected. A block printed identically by
+#      several selected scenarios is emitted once (jwt_hs256 and jwt_es256 share `auth:`).
+#      When an `auth:` block is emitted, routes default to `auth: required`, so every route
+#      that must stay open (the catch-all `all`, ratelimit's `/rl`) prints $(auth_none).
+#   scenario_NAME_setup    -> runs once the temp dir $TMP exists, before the configs are
+#      written: key files, tokens (see mint_token).
+#   scenario_NAME_needs    -> prints the tools NAME needs besides the proxies: `mint_token`
+#      (resolved, and built if need be, before the busy-CPU check).
+# Specific routes must come before the catch-all "/" route, which is always last.
+# Upstream keeps one response for every path, so new scenarios need no upstream change.
+
+scenario_baseline_nginx()  { :; }   # served by the catch-all `location /`
+scenario_baseline_routes() { :; }   # served by the catch-all route `all`
+scenario_baseline_run()    { bench_pair baseline "$NGINX_URL/" "$PORTCULLIS_URL/"; }
+
+# -- JWT (jwt_hs256, jwt_es256). nginx OSS cannot verify JWTs, so its side is a plain
+# proxy_pass of the same path; the number that matters is portcullis jwt_* vs portcullis
+# baseline. wrk repeats ONE token, so after the first request portcullis answers from its
+# verified-token cache: these scenarios measure the cached path, not signature checks.
+JWT_FIXTURES="$REPO_ROOT/tests/fixtures/jwt"
+jwt_toplevel() {   # the same block for both JWT scenarios, so it is emitted once
+  cat <<EOF
+auth:
+  jwt:
+    algorithms: [HS256, ES256]
+    secrets: [{ file: $TMP/hs.key }]
+    jwks_file: $JWT_FIXTURES/jwks.json
+EOF
+}
+jwt_secret() {     # HMAC secret: 32 random bytes as 64 hex chars (>= 32 bytes); shared by both
+  [[ -s "$TMP/hs.key" ]] && return
+  ( umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$TMP/hs.key"; echo >>"$TMP/hs.key" )
+}
+jwt_route() {      # name path
+  cat <<EOF
+  - name: $1
+    match: { path_prefix: $2 }
+    upstream: bench
+    auth: required
+EOF
+}
+jwt_run() {        # name path token
+  check_status 401 "$PORTCULLIS_URL$2"     # without the token: refused, so auth really runs
+  bench_pair "$1" "$NGINX_URL$2" "$PORTCULLIS_URL$2" -H "Authorization: Bearer $3"
+}
+
+scenario_jwt_hs256_needs()    { echo mint_token; }
+scenario_jwt_hs256_toplevel() { jwt_toplevel; }
+scenario_jwt_hs256_setup()    { jwt_secret; TOKEN_HS256="$(mint_token HS256 "$TMP/hs.key")"; }
+scenario_jwt_hs256_nginx()    { echo '        location /jwt-hs { proxy_pass http://up; }'; }
+scenario_jwt_hs256_routes()   { jwt_route jwt-hs /jwt-hs; }
+scenario_jwt_hs256_run()      { jwt_run jwt_hs256 /jwt-hs "$TOKEN_HS256"; }
+
+scenario_jwt_es256_needs()    { echo mint_token; }
+scenario_jwt_es256_toplevel() { jwt_toplevel; }
+scenario_jwt_es256_setup()    { jwt_secret; TOKEN_ES256="$(mint_token ES256 "$JWT_FIXTURES/ec256.der" ec256)"; }
+scenario_jwt_es256_nginx()    { echo '        location /jwt-es { proxy_pass http://up; }'; }
+scenario_jwt_es256_routes()   { jwt_route jwt-es /jwt-es; }
+scenario_jwt_es256_run()      { jwt_run jwt_es256 /jwt-es "$TOKEN_ES256"; }
+
+# -- ratelimit: one local sliding-window policy keyed on the client IP, with a limit that
+# is never reached, so the cost of the check (and of its RateLimit-* response headers) is
+# measured, not refusals. All wrk connections come from 127.0.0.1: one key.
+scenario_ratelimit_toplevel() {
+  cat <<'EOF'
+rate_limits:
+  bench_limit: { key: client_ip, limit: 1000000000, window: 1m }
+EOF
+}
+scenario_ratelimit_nginx()  { echo '        location /rl { proxy_pass http://up; }'; }
+scenario_ratelimit_routes() {
+  cat <<'EOF'
+  - name: rl
+    match: { path_prefix: /rl }
+    upstream: bench
+    rate_limit: [bench_limit]
+EOF
+  auth_none
+}
+scenario_ratelimit_run() {
+  check_header "$PORTCULLIS_URL/rl" ratelimit-policy   # the limiter really runs
+  bench_pair ratelimit "$NGINX_URL/rl" "$PORTCULLIS_URL/rl"
+}
+
+for s in $SCENARIOS; do
+  declare -F "scenario_${s}_run" >/dev/null || die "unknown scenario '$s'"
+done
+scenarios_need() {  # tool  -- does any selected scenario need it?
+  local s
+  for s in $SCENARIOS; do
+    declare -F "scenario_${s}_needs" >/dev/null || continue
+    [[ " $("scenario_${s}_needs") " == *" $1 "* ]] && return 0
+  done
+  return 1
+}
 
 # ---------------------------------------------------------------- dependencies
 as_root() { if (( EUID == 0 )); then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi; }
@@ -187,6 +306,27 @@ if [[ "$DEBUG_STANDIN" != 1 ]]; then
   case "$PORTCULLIS_BIN" in /*) ;; *) PORTCULLIS_BIN="$REPO_ROOT/$PORTCULLIS_BIN" ;; esac
 fi
 
+# ---------------------------------------------------------------- token minter (JWT scenarios)
+# examples/mint_token.rs signs the tokens that wrk sends. Only needed when a selected
+# scenario says so; with DEBUG_STANDIN=1 nginx ignores tokens, so a placeholder is used.
+if scenarios_need mint_token && [[ "$DEBUG_STANDIN" != 1 ]]; then
+  if [[ ! -x "$MINT_TOKEN_BIN" ]]; then
+    if [[ "$MINT_TOKEN_BIN" == "$DEFAULT_MINT_TOKEN_BIN" && "$NO_BUILD" != 1 ]]; then
+      log "$MINT_TOKEN_BIN missing: cargo build --release --example mint_token"
+      cargo build --release --example mint_token
+    fi
+    [[ -x "$MINT_TOKEN_BIN" ]] || die "token minter not found/executable: $MINT_TOKEN_BIN (set MINT_TOKEN_BIN)"
+  fi
+  case "$MINT_TOKEN_BIN" in /*) ;; *) MINT_TOKEN_BIN="$REPO_ROOT/$MINT_TOKEN_BIN" ;; esac
+fi
+mint_token() {  # ALG KEY [KID] [SUB] [TTL_SECS]  -> prints a signed JWT
+  local tok
+  if [[ "$DEBUG_STANDIN" == 1 ]]; then echo "debug-standin.placeholder.token"; return; fi
+  tok="$("$MINT_TOKEN_BIN" "$@")" || die "mint_token $* failed"
+  [[ "$tok" =~ ^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$ ]] || die "mint_token $* printed '$tok', not a JWT"
+  printf '%s\n' "$tok"
+}
+
 # A busy machine (e.g. a cargo build) makes the numbers meaningless; say so up front.
 # CPU busy % over 0.5 s from /proc/stat (all CPUs), plus any running rustc/cc.
 cpu_sample() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat; }
@@ -229,23 +369,8 @@ TMP="$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")"
 chmod 755 "$TMP"     # nginx workers may run as an unprivileged user
 mkdir -p "$TMP/nginx-temp"
 
-# ---------------------------------------------------------------- scenarios
-# A scenario is a name plus: extra nginx `location` blocks, extra portcullis `routes`
-# entries, and a bench_pair call. To add one (e.g. a JWT route):
-#   1. write scenario_NAME_nginx   -> prints nginx location blocks (inside `server {}`)
-#   2. write scenario_NAME_routes  -> prints portcullis route list items (YAML, 2-space indent)
-#   3. write scenario_NAME_run     -> calls: bench_pair NAME URL_NGINX URL_PORTCULLIS [wrk args...]
-#      (wrk args, e.g. -H "authorization: Bearer $TOKEN", go to both proxies)
-#   4. run with SCENARIOS="baseline NAME"
-# Specific routes must come before the catch-all "/" route, which is always last.
-# Upstream keeps one response for every path, so new scenarios need no upstream change.
-
-scenario_baseline_nginx()  { :; }   # served by the catch-all `location /`
-scenario_baseline_routes() { :; }   # served by the catch-all route `all`
-scenario_baseline_run()    { bench_pair baseline "$NGINX_URL/" "$PORTCULLIS_URL/"; }
-
 for s in $SCENARIOS; do
-  declare -F "scenario_${s}_run" >/dev/null || die "unknown scenario '$s'"
+  if declare -F "scenario_${s}_setup" >/dev/null; then "scenario_${s}_setup"; fi
 done
 
 # ---------------------------------------------------------------- configs
@@ -315,8 +440,28 @@ EOF
   } >"$TMP/$1.conf"
 }
 
+# Top-level sections from the selected scenarios' scenario_NAME_toplevel hooks, each
+# distinct block once. Computed before any route is written (auth_none depends on it).
+PORTCULLIS_TOPLEVEL=""
+AUTH_BLOCK=0
+collect_toplevel() {
+  local s block b seen=()
+  for s in $SCENARIOS; do
+    declare -F "scenario_${s}_toplevel" >/dev/null || continue
+    block="$("scenario_${s}_toplevel")"
+    [[ -n "$block" ]] || continue
+    for b in "${seen[@]}"; do [[ "$b" == "$block" ]] && continue 2; done
+    seen+=("$block")
+    PORTCULLIS_TOPLEVEL+="$block"$'\n'
+  done
+  if grep -q '^auth:' <<<"$PORTCULLIS_TOPLEVEL"; then AUTH_BLOCK=1; fi
+}
+# With auth.jwt configured, routes default to `auth: required`: open routes must say so.
+auth_none() { if (( AUTH_BLOCK )); then echo '    auth: none'; fi; }
+
 write_portcullis_conf() {
   local s
+  collect_toplevel
   { cat <<EOF
 server:
   listen: ["127.0.0.1:$PORTCULLIS_PORT"]
@@ -329,14 +474,16 @@ server:
 upstreams:
   bench:
     backends: ["127.0.0.1:$UPSTREAM_PORT"]
-routes:
 EOF
+    printf '%s' "$PORTCULLIS_TOPLEVEL"
+    echo "routes:"
     for s in $SCENARIOS; do "scenario_${s}_routes"; done
     cat <<EOF
   - name: all
     match: { path_prefix: / }
     upstream: bench
 EOF
+    auth_none
   } >"$TMP/portcullis.yaml"
 }
 
@@ -374,10 +521,26 @@ wait_ready() {  # name url   -- poll until HTTP 200, max READY_TIMEOUT s; fail f
   log "$name ready at $url"
 }
 
-check_body() {  # name url  -- the proxy must really forward to the bench upstream
-  local body
-  body="$(curl -s --max-time 2 "$1" 2>/dev/null || true)"
-  [[ "$body" == "$EXPECTED_BODY" ]] || die "$1 returned '$body', expected '$EXPECTED_BODY'"
+check_body() {  # url [curl args...]  -- must answer 200 with the bench upstream's body
+  local url="$1" out code body; shift
+  out="$(curl -s --max-time 2 -w '\n%{http_code}' "$@" "$url" 2>/dev/null || true)"
+  code="${out##*$'\n'}"; body="${out%$'\n'*}"
+  [[ "$code" == 200 && "$body" == "$EXPECTED_BODY" ]] ||
+    die "$url answered ${code:-nothing} '$body', expected 200 '$EXPECTED_BODY'"
+}
+check_status() {  # code url [curl args...]  -- portcullis only; skipped for the nginx stand-in
+  local want="$1" url="$2" code; shift 2
+  [[ "$DEBUG_STANDIN" == 1 ]] && return
+  code="$(curl -s -o /dev/null --max-time 2 -w '%{http_code}' "$@" "$url" 2>/dev/null || true)"
+  [[ "$code" == "$want" ]] || die "$url answered ${code:-nothing}, expected $want"
+  log "$url answers $want as expected"
+}
+check_header() {  # url header [curl args...]  -- portcullis only; the response must carry it
+  local url="$1" h="$2"; shift 2
+  [[ "$DEBUG_STANDIN" == 1 ]] && return
+  curl -s -o /dev/null -D - --max-time 2 "$@" "$url" 2>/dev/null | grep -qi "^$h:" ||
+    die "$url answered without a $h header"
+  log "$url answers with a $h header as expected"
 }
 
 # ---------------------------------------------------------------- wrk + parsing
@@ -438,10 +601,18 @@ bench_one() {  # scenario proxy round url [wrk args...]
 bench_pair() {  # name url_nginx url_portcullis [wrk args...]
   local name="$1" un="$2" up="$3" r; shift 3
   RUN_SCENARIOS+=("$name")
-  local desc=""
+  local desc="" a curl_h=() i
   (( $# == 0 )) || desc="$(printf '%q ' "$@")"
+  desc="$(sed -E 's/(Bearer\\ )[A-Za-z0-9._-]+/\1<token>/g' <<<"$desc")"   # keep tokens out of reports
   WRK_EXTRA_DESC+=("$desc")
-  check_body "$un"; check_body "$up"
+  a=("$@")
+  for ((i = 0; i < ${#a[@]}; i++)); do   # wrk's -H/--header also go to the body check
+    case "${a[i]}" in
+      -H|--header) curl_h+=(-H "${a[i + 1]:-}"); i=$((i + 1)) ;;
+      --header=*) curl_h+=(-H "${a[i]#--header=}") ;;
+    esac
+  done
+  check_body "$un" "${curl_h[@]}"; check_body "$up" "${curl_h[@]}"
   if (( WARMUP > 0 )); then
     log "$name: warm-up ${WARMUP}s each"
     run_wrk "$TMP/warmup-$name-nginx.txt" "$WARMUP" "$@" "$un"
@@ -481,7 +652,12 @@ else
   start_bg "$SUT_LABEL" INT env RUST_LOG=warn "${PIN_SUT[@]}" "$PORTCULLIS_BIN" -c "$TMP/portcullis.yaml"
   SUT_VERSION="$(timeout 5 "$PORTCULLIS_BIN" -V 2>/dev/null | head -n1 || true)"
   SUT_VERSION="${SUT_VERSION#portcullis }"
-  SUT_VERSION="${SUT_VERSION:-(no -V)}, git $(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo "(no commit)")"
+  SUT_GIT="$(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo "(no commit)")"
+  if [[ "$PORTCULLIS_BIN" == "$REPO_ROOT/$DEFAULT_PORTCULLIS_BIN" ]]; then
+    SUT_VERSION="${SUT_VERSION:-(no -V)}, git $SUT_GIT"
+  else   # an explicit binary need not be built from the checkout
+    SUT_VERSION="${SUT_VERSION:-(no -V)}, binary $PORTCULLIS_BIN ($(date -u -r "$PORTCULLIS_BIN" '+%Y-%m-%d %H:%M UTC')); checkout at git $SUT_GIT"
+  fi
 fi
 PORTCULLIS_URL="http://127.0.0.1:$PORTCULLIS_PORT"
 wait_ready nginx-proxy "$NGINX_URL/"
@@ -512,6 +688,17 @@ for sc in "${RUN_SCENARIOS[@]}"; do
   done
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
+HAVE_BASELINE=0
+for sc in "${RUN_SCENARIOS[@]}"; do [[ "$sc" == baseline ]] && HAVE_BASELINE=1; done
+# A feature's cost is its scenario against baseline on the SAME proxy: median req/s of the
+# scenario / median req/s of baseline. nginx does the same work in both, so its own ratio
+# shows how much the machine drifted between the two windows.
+vs_baseline() {  # scenario px -> ratio (or n/a)
+  local a b
+  if (( ! HAVE_BASELINE )) || [[ "$1" == baseline ]]; then echo n/a; return; fi
+  read -ra a <<<"${MED["$1|$2"]}"; read -ra b <<<"${MED["baseline|$2"]}"
+  ratio "${a[0]}" "${b[0]}"
+}
 
 {
   echo
@@ -537,6 +724,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
     done
     read -ra n <<<"${MED["$sc|nginx"]}"; read -ra p <<<"${MED["$sc|$SUT_LABEL"]}"
     echo "ratio $SUT_LABEL/nginx: median req/s $(ratio "${p[0]}" "${n[0]}"), median p99 $(ratio "${p[2]}" "${n[2]}")"
+    if (( HAVE_BASELINE )) && [[ "$sc" != baseline ]]; then
+      echo "vs baseline (median req/s, same proxy): $SUT_LABEL $(vs_baseline "$sc" "$SUT_LABEL"), nginx $(vs_baseline "$sc" nginx) (nginx: drift check)"
+    fi
     (( n[3] + p[3] == 0 )) || echo "WARNING: errors were recorded (see errors column); the numbers above are suspect"
   done
 } | tee "$TMP/report.txt"
@@ -556,6 +746,10 @@ if [[ -n "$RESULT_FILE" ]]; then
       printf '| %s | %.0f | %.3f | %.3f | %s |\n' nginx "${n[@]}" "$SUT_LABEL" "${p[@]}"
       echo
       echo "$SUT_LABEL/nginx median req/s: **$(ratio "${p[0]}" "${n[0]}")**"
+      if (( HAVE_BASELINE )) && [[ "$sc" != baseline ]]; then
+        echo
+        echo "vs baseline, median req/s on the same proxy: $SUT_LABEL **$(vs_baseline "$sc" "$SUT_LABEL")**, nginx $(vs_baseline "$sc" nginx) (drift check)"
+      fi
     done
   } >"$RESULT_FILE"
   log "wrote $RESULT_FILE"
@@ -583,7 +777,9 @@ if [[ -n "$RESULT_JSON" ]]; then
         done
         printf ']},\n'
       done
-      printf '      "ratio_rps": %s\n    }' "$(ratio "${p[0]}" "${n[0]}" | sed 's/^n\/a$/null/')"
+      printf '      "ratio_rps": %s,\n' "$(ratio "${p[0]}" "${n[0]}" | sed 's/^n\/a$/null/')"
+      printf '      "vs_baseline_rps": {"%s": %s, "nginx": %s}\n    }' "$SUT_LABEL" \
+        "$(vs_baseline "$sc" "$SUT_LABEL" | sed 's/^n\/a$/null/')" "$(vs_baseline "$sc" nginx | sed 's/^n\/a$/null/')"
       sep=","
     done
     printf '\n  }\n}\n'
