@@ -321,36 +321,17 @@ fn other_methods_get_405() {
 
 #[test]
 fn parts_honour_the_clusters_hash_key() {
-    let backends: Vec<TestBackend> = (0..4)
-        .map(|i| TestBackend::start(&format!("b{i}")))
-        .collect();
-    let list = backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.addr))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (_backends, list) = backends(4);
     let gw = Gateway::start(&format!(
         "upstreams:\n  pool: {{ backends: [{list}], lb: consistent_hash, hash_key: \"header:X-User\" }}\nroutes:\n  - name: c\n    match: {{ path: /c }}\n    aggregate:\n      parts:\n        - {{ name: p, upstream: pool, path: /p, required: true }}\n"
     ));
-    let mut owners = std::collections::HashSet::new();
-    for user in 0..12 {
-        let ask = || {
-            gw.send(&format!(
-                "GET /c HTTP/1.1\r\nHost: t\r\nX-User: u{user}\r\nConnection: close\r\n\r\n"
-            ))
-            .json()["p"]["backend"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        };
-        let first = ask();
-        for _ in 0..3 {
-            assert_eq!(ask(), first, "u{user} moved");
-        }
-        owners.insert(first);
-    }
-    assert!(
-        owners.len() >= 2,
-        "every user hashed to one backend: {owners:?}"
-    );
+    assert_sticky(12, 3, |user| {
+        gw.send(&format!(
+            "GET /c HTTP/1.1\r\nHost: t\r\nX-User: u{user}\r\nConnection: close\r\n\r\n"
+        ))
+        .json()["p"]["backend"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
 }

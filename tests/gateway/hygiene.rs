@@ -2,23 +2,9 @@
 
 use crate::support::*;
 
-fn echo() -> (TestBackend, Gateway) {
-    let b = TestBackend::start("b");
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams:
-  pool: {{ backends: ["{}"] }}
-routes:
-  - {{ name: all, match: {{ path_prefix: / }}, upstream: pool }}
-"#,
-        b.addr
-    ));
-    (b, gw)
-}
-
 #[test]
 fn request_id_kept_generated_and_sent_upstream() {
-    let (_b, gw) = echo();
+    let (_b, gw) = one_backend_gateway("");
     let r = gw.send(
         "GET /x HTTP/1.1\r\nHost: t\r\nX-Request-Id: client-id_1.2:3\r\nConnection: close\r\n\r\n",
     );
@@ -48,7 +34,7 @@ fn request_id_kept_generated_and_sent_upstream() {
 
 #[test]
 fn forwarded_headers() {
-    let (_b, gw) = echo();
+    let (_b, gw) = one_backend_gateway("");
     let r = gw.send("GET /x HTTP/1.1\r\nHost: shop.example.com:8080\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n");
     let h = &r.json()["headers"];
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
@@ -65,7 +51,7 @@ fn forwarded_headers() {
 
 #[test]
 fn hop_by_hop_headers_are_not_forwarded() {
-    let (_b, gw) = echo();
+    let (_b, gw) = one_backend_gateway("");
     let r = gw.send(
         "GET /x HTTP/1.1\r\nHost: t\r\nConnection: close, X-Drop-Me\r\nX-Drop-Me: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nUpgrade: h2c\r\nX-Keep-Me: 1\r\n\r\n",
     );

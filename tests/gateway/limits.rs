@@ -7,26 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn gateway(server_extra: &str) -> (TestBackend, Gateway) {
-    let b = TestBackend::start("b");
-    let gw = Gateway::start_with(
-        server_extra,
-        &format!(
-            r#"
-upstreams:
-  pool: {{ backends: ["{}"] }}
-routes:
-  - {{ name: all, match: {{ path_prefix: / }}, upstream: pool }}
-"#,
-            b.addr
-        ),
-    );
-    (b, gw)
-}
-
 #[test]
 fn oversized_header_is_431_and_the_connection_closes() {
-    let (b, gw) = gateway("  max_request_header_bytes: 2048");
+    let (b, gw) = one_backend_gateway("  max_request_header_bytes: 2048");
     let mut c = Conn::open(gw.addr).unwrap();
     let big = "a".repeat(3000);
     let r = c
@@ -52,7 +35,7 @@ fn oversized_header_is_431_and_the_connection_closes() {
 
 #[test]
 fn too_many_header_lines_is_431() {
-    let (_b, gw) = gateway("");
+    let (_b, gw) = one_backend_gateway("");
     let lines: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     gw.send(&format!("GET /x HTTP/1.1\r\nHost: t\r\n{lines}\r\n"))
         .assert_error(431, "headers_too_large");
@@ -60,7 +43,7 @@ fn too_many_header_lines_is_431() {
 
 #[test]
 fn malformed_request_head_is_400_json() {
-    let (b, gw) = gateway("");
+    let (b, gw) = one_backend_gateway("");
     for raw in [
         "GET /x HTTP/1.1\r\nBad Header: x\r\n\r\n",
         "GET /x\x01 HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -73,7 +56,7 @@ fn malformed_request_head_is_400_json() {
 
 #[test]
 fn trickled_header_is_cut_at_the_whole_header_deadline() {
-    let (_b, gw) = gateway("  request_header_timeout: 1s");
+    let (_b, gw) = one_backend_gateway("  request_header_timeout: 1s");
     let mut c = Conn::open(gw.addr).unwrap();
     let start = Instant::now();
     c.stream.write_all(b"GET /x HTTP/1.1\r\n").unwrap();
@@ -103,7 +86,7 @@ fn trickled_header_is_cut_at_the_whole_header_deadline() {
 
 #[test]
 fn idle_keepalive_connection_is_closed() {
-    let (_b, gw) = gateway("  idle_timeout: 1s");
+    let (_b, gw) = one_backend_gateway("  idle_timeout: 1s");
     let mut c = Conn::open(gw.addr).unwrap();
     let r = c.request("GET /x HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     assert_eq!(r.status, 200);
@@ -118,7 +101,7 @@ fn idle_keepalive_connection_is_closed() {
 
 #[test]
 fn keepalive_requests_caps_requests_per_connection() {
-    let (_b, gw) = gateway("  keepalive_requests: 3");
+    let (_b, gw) = one_backend_gateway("  keepalive_requests: 3");
     let mut c = Conn::open(gw.addr).unwrap();
     for i in 1..=3 {
         let r = c.request("GET /x HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
@@ -138,7 +121,7 @@ fn keepalive_requests_caps_requests_per_connection() {
 
 #[test]
 fn oversized_bodies_are_413() {
-    let (b, gw) = gateway("  max_request_body_bytes: 1024");
+    let (b, gw) = one_backend_gateway("  max_request_body_bytes: 1024");
     let body = "x".repeat(2000);
     gw.send(&format!(
         "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -688,3 +688,49 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Shared scenarios
+
+/// One backend behind a catch-all route; `server_extra` adds `server` keys.
+pub fn one_backend_gateway(server_extra: &str) -> (TestBackend, Gateway) {
+    let b = TestBackend::start("b");
+    let gw = Gateway::start_with(
+        server_extra,
+        &format!(
+            "upstreams:\n  pool: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: pool }}\n",
+            b.addr
+        ),
+    );
+    (b, gw)
+}
+
+/// `n` backends named b0.. and their addresses as a YAML list body.
+pub fn backends(n: usize) -> (Vec<TestBackend>, String) {
+    let bs: Vec<TestBackend> = (0..n)
+        .map(|i| TestBackend::start(&format!("b{i}")))
+        .collect();
+    let list = bs
+        .iter()
+        .map(|b| format!("\"{}\"", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (bs, list)
+}
+
+/// Asks `repeats` times per key which backend answers; every key must stay on one backend,
+/// and the keys must spread over at least two.
+pub fn assert_sticky(keys: usize, repeats: usize, ask: impl Fn(usize) -> String) {
+    let mut owners = std::collections::HashSet::new();
+    for k in 0..keys {
+        let first = ask(k);
+        for _ in 0..repeats {
+            assert_eq!(ask(k), first, "key {k} moved");
+        }
+        owners.insert(first);
+    }
+    assert!(
+        owners.len() >= 2,
+        "{keys} keys all hashed to one backend: {owners:?}"
+    );
+}
