@@ -354,21 +354,6 @@ fn read_secret(r: &mut Reader, path: &str, value: &Value) -> Option<HmacSecret> 
     Some(HmacSecret { kid, source, bytes })
 }
 
-pub(super) fn read_auth_mode(r: &mut Reader, path: &str, value: &Value) -> Option<AuthMode> {
-    match r.string(path, value)?.as_str() {
-        "required" => Some(AuthMode::Required),
-        "optional" => Some(AuthMode::Optional),
-        "none" => Some(AuthMode::None),
-        other => {
-            r.error(
-                path,
-                format!("unknown mode \"{other}\" (required, optional or none)"),
-            );
-            None
-        }
-    }
-}
-
 pub(super) fn string_list(r: &mut Reader, path: &str, value: &Value) -> Vec<String> {
     r.list(path, value)
         .iter()

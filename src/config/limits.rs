@@ -102,27 +102,21 @@ pub(super) fn read_rate_limits(r: &mut Reader, path: &str, value: &Value) -> Vec
             }
         }
         let sp = key_path(&p, "store");
-        let store = match t.get("store").map(|v| r.string(&sp, v)) {
-            None => LimitStore::Local,
-            Some(Some(s)) if s == "local" => LimitStore::Local,
-            Some(Some(s)) if s == "redis" => LimitStore::Redis,
-            Some(Some(s)) => {
-                r.error(&sp, format!("unknown store \"{s}\" (local or redis)"));
-                LimitStore::Local
-            }
-            Some(None) => LimitStore::Local,
-        };
+        let store = r.choice(
+            &sp,
+            t.get("store"),
+            "store",
+            &[("local", LimitStore::Local), ("redis", LimitStore::Redis)],
+            LimitStore::Local,
+        );
         let ep = key_path(&p, "on_store_error");
-        let allow_on_store_error = match t.get("on_store_error").map(|v| r.string(&ep, v)) {
-            None => true,
-            Some(Some(s)) if s == "allow" => true,
-            Some(Some(s)) if s == "deny" => false,
-            Some(Some(s)) => {
-                r.error(&ep, format!("unknown choice \"{s}\" (allow or deny)"));
-                true
-            }
-            Some(None) => true,
-        };
+        let allow_on_store_error = r.choice(
+            &ep,
+            t.get("on_store_error"),
+            "choice",
+            &[("allow", true), ("deny", false)],
+            true,
+        );
         if t.get("on_store_error").is_some() && store != LimitStore::Redis {
             r.error(&ep, "only applies with store: redis");
         }

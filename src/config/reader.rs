@@ -136,6 +136,32 @@ impl Reader {
         }
     }
 
+    /// One of a few names, each standing for a value; absent or invalid gives `default`.
+    /// `noun` names the kind of thing in the message: `unknown policy "x" (a, b or c)`.
+    pub fn choice<T: Copy>(
+        &mut self,
+        path: &str,
+        value: Option<&Value>,
+        noun: &str,
+        options: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(value) = value else { return default };
+        let Some(text) = self.string(path, value) else {
+            return default;
+        };
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == text) {
+            return *v;
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let list = match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.join(""),
+        };
+        self.error(path, format!("unknown {noun} \"{text}\" ({list})"));
+        default
+    }
+
     pub fn boolean(&mut self, path: &str, value: &Value) -> Option<bool> {
         match value {
             Value::Bool(b) => Some(*b),

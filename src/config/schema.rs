@@ -10,7 +10,7 @@ use http::{HeaderName, Method};
 use serde_yaml::Value;
 
 use super::aggregate::{read_aggregate, AggregateConfig};
-use super::auth::{read_auth, read_auth_mode, string_list, AuthMode, JwtConfig};
+use super::auth::{read_auth, string_list, AuthMode, JwtConfig};
 use super::limits::{
     read_rate_limits, read_redis, LimitKey, LimitStore, RateLimitConfig, RedisConfig,
 };
@@ -375,22 +375,17 @@ fn read_upstream(
         None => r.error(&bp, "at least one backend is required"),
     }
 
-    let lb = match t.get("lb") {
-        None => LbPolicy::RoundRobin,
-        Some(v) => match r.string(&key_path(path, "lb"), v).as_deref() {
-            Some("round_robin") => LbPolicy::RoundRobin,
-            Some("random") => LbPolicy::Random,
-            Some("consistent_hash") => LbPolicy::ConsistentHash,
-            Some(other) => {
-                r.error(
-                    &key_path(path, "lb"),
-                    format!("unknown policy \"{other}\" (round_robin, random or consistent_hash)"),
-                );
-                LbPolicy::RoundRobin
-            }
-            None => LbPolicy::RoundRobin,
-        },
-    };
+    let lb = r.choice(
+        &key_path(path, "lb"),
+        t.get("lb"),
+        "policy",
+        &[
+            ("round_robin", LbPolicy::RoundRobin),
+            ("random", LbPolicy::Random),
+            ("consistent_hash", LbPolicy::ConsistentHash),
+        ],
+        LbPolicy::RoundRobin,
+    );
     let hp = key_path(path, "hash_key");
     let hash_key = match t.get("hash_key") {
         None => HashKey::ClientIp,
@@ -509,16 +504,13 @@ fn read_health_check(r: &mut Reader, path: &str, value: &Value) -> Option<Health
         ],
     )?;
     let kp = key_path(path, "kind");
-    let is_http = match t.get("kind").map(|v| r.string(&kp, v)) {
-        None => true,
-        Some(Some(k)) if k == "http" => true,
-        Some(Some(k)) if k == "tcp" => false,
-        Some(Some(k)) => {
-            r.error(&kp, format!("unknown kind \"{k}\" (http or tcp)"));
-            true
-        }
-        Some(None) => true,
-    };
+    let is_http = r.choice(
+        &kp,
+        t.get("kind"),
+        "kind",
+        &[("http", true), ("tcp", false)],
+        true,
+    );
     let kind = if is_http {
         let pp = key_path(path, "path");
         let check_path = t
@@ -579,12 +571,22 @@ fn read_route(
         ],
     )?;
     let ap = key_path(path, "auth");
-    let auth = match t.get("auth").map(|v| read_auth_mode(r, &ap, v)) {
-        Some(Some(mode)) => mode,
-        Some(None) => AuthMode::None,
-        None if has_jwt => AuthMode::Required,
-        None => AuthMode::None,
+    let default_mode = if has_jwt {
+        AuthMode::Required
+    } else {
+        AuthMode::None
     };
+    let auth = r.choice(
+        &ap,
+        t.get("auth"),
+        "mode",
+        &[
+            ("required", AuthMode::Required),
+            ("optional", AuthMode::Optional),
+            ("none", AuthMode::None),
+        ],
+        default_mode,
+    );
     if auth != AuthMode::None && !has_jwt {
         r.error(&ap, "needs auth.jwt to be configured");
     }

@@ -69,14 +69,7 @@ fn random_uses_every_backend_and_honours_weights() {
 
 #[test]
 fn consistent_hash_by_header_is_sticky() {
-    let backends: Vec<TestBackend> = (0..4)
-        .map(|i| TestBackend::start(&format!("b{i}")))
-        .collect();
-    let list = backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.addr))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (_backends, list) = backends(4);
     let gw = Gateway::start(&cluster_yaml(
         &list,
         "lb: consistent_hash\n    hash_key: \"header:X-User\"",
@@ -91,14 +84,7 @@ fn consistent_hash_by_header_is_sticky() {
 
 #[test]
 fn consistent_hash_by_client_ip_is_sticky() {
-    let backends: Vec<TestBackend> = (0..3)
-        .map(|i| TestBackend::start(&format!("b{i}")))
-        .collect();
-    let list = backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.addr))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (_backends, list) = backends(3);
     let gw = Gateway::start(&cluster_yaml(
         &list,
         "lb: consistent_hash\n    hash_key: client_ip",
