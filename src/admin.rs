@@ -1,5 +1,5 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (every upstream has a
-//! healthy backend). `/metrics` joins them when metrics arrive.
+//! healthy backend), `/metrics` (Prometheus text format).
 
 use std::sync::Arc;
 
@@ -8,30 +8,42 @@ use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
-use crate::runtime::Runtime;
+use crate::observability::metrics;
+use crate::runtime::SharedRuntime;
 
 pub struct AdminApp {
-    runtime: Arc<Runtime>,
+    shared: Arc<SharedRuntime>,
 }
 
 impl AdminApp {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        AdminApp { runtime }
+    pub fn new(shared: Arc<SharedRuntime>) -> Self {
+        AdminApp { shared }
+    }
+
+    /// The metrics exposition, with backend health taken now.
+    pub fn metrics_text(&self) -> Vec<u8> {
+        let runtime = self.shared.load();
+        metrics().set_backend_health(runtime.clusters.iter().flat_map(|c| {
+            c.backend_health()
+                .map(move |(addr, healthy)| (&*c.name, addr.to_string(), healthy))
+        }));
+        metrics().render()
     }
 
     /// The admin answer for a path, as status and JSON body.
     pub fn answer(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        let runtime = self.shared.load();
         match path {
             "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
             "/readyz" => {
                 let mut upstreams = serde_json::Map::new();
-                for c in &self.runtime.clusters {
+                for c in &runtime.clusters {
                     upstreams.insert(
                         c.name.to_string(),
                         serde_json::json!({"healthy": c.healthy_backends(), "backends": c.backend_count()}),
                     );
                 }
-                let unready = self.runtime.unready_upstreams();
+                let unready = runtime.unready_upstreams();
                 if unready.is_empty() {
                     (
                         StatusCode::OK,
@@ -46,7 +58,7 @@ impl AdminApp {
             }
             _ => (
                 StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "not_found", "message": "admin endpoints: /healthz, /readyz"}),
+                serde_json::json!({"error": "not_found", "message": "admin endpoints: /healthz, /readyz, /metrics"}),
             ),
         }
     }
@@ -55,6 +67,18 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().uri.path() == "/metrics" {
+            let body = self.metrics_text();
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+                .header(http::header::CONTENT_LENGTH, body.len())
+                .body(body)
+                .unwrap_or_default();
+        }
         let (status, body) = self.answer(session.req_header().uri.path());
         let body = body.to_string().into_bytes();
         Response::builder()

@@ -24,8 +24,10 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::ServerConfig;
+use crate::observability::metrics;
 use crate::proxy::headers::new_request_id;
 use crate::respond::{ErrorCode, GatewayError};
+use crate::runtime::SharedRuntime;
 
 /// Most header lines a request may carry (beyond: 431).
 const MAX_HEADERS: usize = 128;
@@ -80,54 +82,54 @@ pub fn check_head(buf: &[u8], max_bytes: usize) -> Result<bool, ErrorCode> {
 /// The app Pingora runs per accepted connection.
 pub struct EdgeApp<A> {
     proxy: Arc<A>,
-    limits: EdgeLimits,
+    /// The limits are read from the current runtime when a connection is accepted, so a
+    /// reload applies to new connections.
+    shared: Arc<SharedRuntime>,
 }
 
 impl<A> EdgeApp<A> {
-    pub fn new(proxy: A, limits: EdgeLimits) -> Self {
+    pub fn new(proxy: A, shared: Arc<SharedRuntime>) -> Self {
         EdgeApp {
             proxy: Arc::new(proxy),
-            limits,
+            shared,
         }
     }
 }
 
-impl<A> EdgeApp<A> {
-    /// Reads one request head into `buf`. The first request's deadline runs from accept;
-    /// later ones wait up to `idle_timeout` for a first byte, then get the header deadline.
-    async fn read_head(
-        &self,
-        stream: &mut Stream,
-        buf: &mut BytesMut,
-        first: bool,
-        shutdown: &ShutdownWatch,
-    ) -> Head {
-        let mut deadline = first.then(|| Instant::now() + self.limits.header_timeout);
-        let mut shutdown = shutdown.clone();
-        loop {
-            if buf.capacity() - buf.len() < 512 {
-                buf.reserve(4096);
-            }
-            let wait_until = deadline.unwrap_or_else(|| Instant::now() + self.limits.idle_timeout);
-            let read = tokio::select! {
-                biased;
-                // Pingora's timer wheel: no timer at all when the bytes are already there, and
-                // no runtime wake-up (an eventfd write per request) when there are none yet.
-                r = fast_timeout(wait_until.saturating_duration_since(Instant::now()), stream.read_buf(buf)) => r,
-                _ = shutdown.changed(), if deadline.is_none() => return Head::Gone,
-            };
-            match read {
-                Err(_) if deadline.is_none() => return Head::Gone,
-                Err(_) => return Head::TimedOut,
-                Ok(Ok(0)) | Ok(Err(_)) => return Head::Gone,
-                Ok(Ok(_)) => {}
-            }
-            deadline.get_or_insert_with(|| Instant::now() + self.limits.header_timeout);
-            match check_head(buf, self.limits.max_header_bytes) {
-                Ok(true) => return Head::Complete,
-                Ok(false) => {}
-                Err(code) => return Head::Refuse(code),
-            }
+/// Reads one request head into `buf`. The first request's deadline runs from accept;
+/// later ones wait up to `idle_timeout` for a first byte, then get the header deadline.
+async fn read_head(
+    limits: &EdgeLimits,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    first: bool,
+    shutdown: &ShutdownWatch,
+) -> Head {
+    let mut deadline = first.then(|| Instant::now() + limits.header_timeout);
+    let mut shutdown = shutdown.clone();
+    loop {
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(4096);
+        }
+        let wait_until = deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+        let read = tokio::select! {
+            biased;
+            // Pingora's timer wheel: no timer at all when the bytes are already there, and
+            // no runtime wake-up (an eventfd write per request) when there are none yet.
+            r = fast_timeout(wait_until.saturating_duration_since(Instant::now()), stream.read_buf(buf)) => r,
+            _ = shutdown.changed(), if deadline.is_none() => return Head::Gone,
+        };
+        match read {
+            Err(_) if deadline.is_none() => return Head::Gone,
+            Err(_) => return Head::TimedOut,
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Gone,
+            Ok(Ok(_)) => {}
+        }
+        deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
+        match check_head(buf, limits.max_header_bytes) {
+            Ok(true) => return Head::Complete,
+            Ok(false) => {}
+            Err(code) => return Head::Refuse(code),
         }
     }
 }
@@ -142,17 +144,20 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let idle_secs = self.limits.idle_timeout.as_secs().max(1);
+        let limits = EdgeLimits::from_config(&self.shared.load().server);
+        let idle_secs = limits.idle_timeout.as_secs().max(1);
         let mut served: u32 = 0;
         loop {
             let mut buf = BytesMut::with_capacity(4096);
-            match self
-                .read_head(&mut stream, &mut buf, served == 0, shutdown)
-                .await
-            {
+            match read_head(&limits, &mut stream, &mut buf, served == 0, shutdown).await {
                 Head::Complete => {}
-                Head::Gone | Head::TimedOut => return None,
+                Head::Gone => return None,
+                Head::TimedOut => {
+                    metrics().edge_refusal("header_timeout");
+                    return None;
+                }
                 Head::Refuse(code) => {
+                    metrics().edge_refusal(code.as_str());
                     let answer =
                         GatewayError::new(code).to_http1(new_request_id().to_str().unwrap_or(""));
                     // Best effort: the client may already be gone.
@@ -163,7 +168,7 @@ where
                 }
             }
             served += 1;
-            let last = served >= self.limits.keepalive_requests || *shutdown.borrow();
+            let last = served >= limits.keepalive_requests || *shutdown.borrow();
             let mut session = ServerSession::new_http1(stream);
             // Pingora re-derives keep-alive from the request's own Connection header, so the
             // "this is the last one" decision goes through the reuse budget, which it keeps.

@@ -13,6 +13,8 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod edge;
+pub mod lifecycle;
+pub mod observability;
 pub mod proxy;
 pub mod ratelimit;
 pub mod respond;

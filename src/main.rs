@@ -73,6 +73,7 @@ fn parse_args() -> Result<Option<Args>, String> {
 }
 
 fn main() -> ExitCode {
+    portcullis::lifecycle::claim_signals();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = match parse_args() {
         Ok(Some(a)) => a,
@@ -97,5 +98,5 @@ fn main() -> ExitCode {
         println!("{}: ok", path.display());
         return ExitCode::SUCCESS;
     }
-    server::run(cfg, args.flags)
+    server::run(cfg, path, args.flags)
 }

@@ -1,15 +1,24 @@
-//! The compiled runtime model: everything the request path reads, built once from a
-//! [`Config`] and never mutated. Later, reload swaps a whole new `Runtime` in.
+//! The compiled runtime model: everything the request path reads, built from a [`Config`] and
+//! never mutated, and the [`SharedRuntime`] through which a reload swaps a whole new one in.
+//!
+//! A request takes the runtime current when it starts and keeps it to the end, so a reload
+//! never changes the rules under a request in flight. What must outlive a reload is carried
+//! from the old runtime into the new one when its config is unchanged: clusters (health
+//! state, passive ejections), rate-limit policies (counters), the authenticator (keys, token
+//! cache) and the composite sub-request client (its connection pool). The proxy's own
+//! upstream connection pool is keyed by peer, so it survives regardless.
 
 use std::sync::Arc;
 
-use pingora_core::services::ServiceWithDependents;
+use arc_swap::{ArcSwap, Guard};
+use tokio::sync::watch;
 
 use crate::aggregate::client::SubClient;
 use crate::aggregate::Aggregate;
 use crate::auth::Authenticator;
 use crate::config::{AuthMode, Config, ServerConfig};
-use crate::ratelimit::{RateLimits, Sweeper};
+use crate::observability::{metrics, RouteMetrics};
+use crate::ratelimit::RateLimits;
 use crate::routing::Router;
 use crate::upstream::Cluster;
 
@@ -23,13 +32,14 @@ pub enum RouteTarget {
 
 /// A route, as the request path needs it.
 pub struct Route {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub target: RouteTarget,
     pub strip_prefix: Option<Box<str>>,
     pub auth: AuthMode,
     pub required_scopes: Vec<String>,
     /// Indexes into `Runtime::rate_limits`.
     pub rate_limit: Vec<usize>,
+    pub metrics: RouteMetrics,
 }
 
 pub struct Runtime {
@@ -45,30 +55,29 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Compiles a validated config. Returns the background services (health checks) that
-    /// must run beside the proxy.
+    /// Compiles a validated config. `previous` is the runtime a reload replaces: whatever is
+    /// unchanged is taken over from it (see the module comment). The caller builds or keeps
+    /// the authenticator, since building one may fetch keys.
     pub fn build(
         cfg: &Config,
         auth: Option<Arc<Authenticator>>,
-    ) -> Result<(Runtime, Vec<Box<dyn ServiceWithDependents>>), String> {
-        let mut services: Vec<Box<dyn ServiceWithDependents>> = Vec::new();
-        let rate_limits = Arc::new(RateLimits::build(&cfg.rate_limits, cfg.redis.as_ref())?);
-        if !rate_limits.is_empty() {
-            services.push(Box::new(
-                pingora_core::services::background::background_service(
-                    "rate limit sweeper",
-                    Sweeper {
-                        limits: rate_limits.clone(),
-                    },
-                ),
-            ));
-        }
-        let mut clusters = Vec::with_capacity(cfg.upstreams.len());
-        for up in &cfg.upstreams {
-            let (cluster, service) = Cluster::build(up);
-            clusters.push(Arc::new(cluster));
-            services.extend(service);
-        }
+        previous: Option<&Runtime>,
+    ) -> Result<Runtime, String> {
+        let rate_limits = Arc::new(RateLimits::build(
+            &cfg.rate_limits,
+            cfg.redis.as_ref(),
+            previous.map(|p| &*p.rate_limits),
+        )?);
+        let clusters: Vec<Arc<Cluster>> = cfg
+            .upstreams
+            .iter()
+            .map(|up| {
+                previous
+                    .and_then(|p| p.clusters.iter().find(|c| c.config == *up))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Cluster::build(up)))
+            })
+            .collect();
         let routes = cfg
             .routes
             .iter()
@@ -78,7 +87,7 @@ impl Runtime {
                     // Validated at load: a route names an existing upstream or has parts that do.
                     target: match &r.aggregate {
                         Some(agg) => RouteTarget::Aggregate(Arc::new(
-                            Aggregate::build(agg, |name| {
+                            Aggregate::build(agg, &r.name, |name| {
                                 let i = cfg.upstreams.iter().position(|u| u.name == name)?;
                                 Some(clusters[i].clone())
                             })
@@ -101,19 +110,20 @@ impl Runtime {
                         .iter()
                         .filter_map(|name| rate_limits.index_of(name))
                         .collect(),
+                    metrics: metrics().route(&r.name),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let runtime = Runtime {
+        Ok(Runtime {
             router: Router::build(&cfg.routes),
             routes,
             clusters,
             server: cfg.server.clone(),
             auth,
             rate_limits,
-            sub_client: Arc::new(SubClient::default()),
-        };
-        Ok((runtime, services))
+            sub_client: previous
+                .map_or_else(|| Arc::new(SubClient::default()), |p| p.sub_client.clone()),
+        })
     }
 
     /// The cluster a proxied route sends to; `None` for composite routes.
@@ -131,5 +141,41 @@ impl Runtime {
             .filter(|c| c.healthy_backends() == 0)
             .map(|c| &*c.name)
             .collect()
+    }
+}
+
+/// The current runtime, swapped whole on reload, with a signal for services that follow it.
+pub struct SharedRuntime {
+    current: ArcSwap<Runtime>,
+    generation: watch::Sender<u64>,
+}
+
+impl SharedRuntime {
+    pub fn new(runtime: Runtime) -> SharedRuntime {
+        SharedRuntime {
+            current: ArcSwap::from_pointee(runtime),
+            generation: watch::Sender::new(0),
+        }
+    }
+
+    /// The current runtime, for a short look (no reference count taken).
+    pub fn load(&self) -> Guard<Arc<Runtime>> {
+        self.current.load()
+    }
+
+    /// The current runtime, to keep (a request holds it to its end).
+    pub fn load_full(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    /// Makes `runtime` current; requests already started keep the one they have.
+    pub fn swap(&self, runtime: Runtime) {
+        self.current.store(Arc::new(runtime));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Fires after every swap.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 }

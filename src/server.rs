@@ -1,23 +1,29 @@
 //! Process assembly: one config file becomes Pingora's `ServerConf`, the edge listener(s),
-//! the health-check services and the admin listener.
+//! the background services (health checks, sweeper, key refresh, reload control, readiness,
+//! access log writer) and the admin listener.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
-use pingora_core::services::listening::Service;
-
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use tokio::sync::Notify;
 
 use crate::admin::AdminApp;
-use crate::auth::jwks::{self, JwksRefresh};
-use crate::auth::{Authenticator, JWKS_FETCH_TIMEOUT};
+use crate::auth::jwks::JwksRefresh;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::config::JwtConfig;
-use crate::edge::{EdgeApp, EdgeLimits};
+use crate::edge::EdgeApp;
+use crate::lifecycle::{self, Control, Readiness, Signals};
+use crate::observability::AccessLog;
 use crate::proxy::Gateway;
-use crate::runtime::Runtime;
+use crate::ratelimit::Sweeper;
+use crate::runtime::{Runtime, SharedRuntime};
+use crate::upstream::HealthChecks;
 
 /// Process-level switches from the command line (Pingora's own `-d` and `-u`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -50,30 +56,22 @@ fn ceil_secs(d: Duration) -> u64 {
 /// Loads the first keys. A configured `jwks_url` must answer at start unless a `jwks_file`
 /// can serve meanwhile (the background refresh keeps trying).
 pub fn start_authenticator(jwt: &JwtConfig) -> Result<Authenticator, String> {
-    let fetched = match &jwt.jwks_url {
-        None => None,
-        Some(url) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            match rt.block_on(jwks::fetch(url, JWKS_FETCH_TIMEOUT)) {
-                Ok(doc) => Some(doc),
-                Err(e) if jwt.jwks_file.is_some() => {
-                    log::warn!(
-                        "auth.jwt.jwks_url: {e}; serving with jwks_file until a refresh succeeds"
-                    );
-                    None
-                }
-                Err(e) => return Err(format!("auth.jwt.jwks_url: {e}")),
-            }
-        }
-    };
-    Authenticator::new(jwt, fetched.as_deref())
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(lifecycle::load_authenticator(jwt))
+}
+
+fn fail_start(e: impl std::fmt::Display) -> ! {
+    log::error!("cannot start: {e}");
+    std::process::exit(1)
 }
 
 /// Builds and runs the server; returns only on a start-up failure.
-pub fn run(cfg: Config, flags: ProcessFlags) -> ! {
+pub fn run(cfg: Config, config_path: PathBuf, flags: ProcessFlags) -> ! {
+    // Reloads and upgrades re-read the file after a daemon has moved to /.
+    let config_path = std::fs::canonicalize(&config_path).unwrap_or(config_path);
     let conf = server_conf(&cfg, flags);
     let opt = Opt {
         upgrade: flags.upgrade,
@@ -83,50 +81,75 @@ pub fn run(cfg: Config, flags: ProcessFlags) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let auth = match &cfg.jwt {
-        None => None,
-        Some(jwt) => match start_authenticator(jwt) {
-            Ok(a) => Some(Arc::new(a)),
-            Err(e) => {
-                log::error!("cannot start: {e}");
-                std::process::exit(1);
-            }
-        },
-    };
-    let (runtime, mut background) = match Runtime::build(&cfg, auth.clone()) {
-        Ok(built) => built,
-        Err(e) => {
-            log::error!("cannot start: {e}");
-            std::process::exit(1);
+    let auth = cfg
+        .jwt
+        .as_ref()
+        .map(|jwt| Arc::new(start_authenticator(jwt).unwrap_or_else(|e| fail_start(e))));
+    let runtime = Runtime::build(&cfg, auth, None).unwrap_or_else(|e| fail_start(e));
+    let shared = Arc::new(SharedRuntime::new(runtime));
+    let access_log = match AccessLog::open(&cfg.server.access_log) {
+        Ok(None) => None,
+        Ok(Some((log, writer))) => {
+            server.add_service(background_service("access log", writer));
+            Some(Arc::new(log))
         }
+        Err(e) => fail_start(e),
     };
-    let runtime = Arc::new(runtime);
-    if let Some(auth) = auth {
-        let jwt = auth.config();
-        if jwt.jwks_url.is_some() || jwt.jwks_file.is_some() {
-            let every = jwt.jwks_refresh;
-            background.push(Box::new(background_service(
-                "jwks refresh",
-                JwksRefresh { auth, every },
-            )));
-        }
-    }
 
     // Requests per connection, idle and header deadlines are the edge's (see `edge`).
-    let proxy = pingora_proxy::http_proxy(&server.configuration, Gateway::new(runtime.clone()));
-    let edge = EdgeApp::new(proxy, EdgeLimits::from_config(&cfg.server));
+    let proxy = pingora_proxy::http_proxy(
+        &server.configuration,
+        Gateway::new(shared.clone(), access_log.clone()),
+    );
+    let edge = EdgeApp::new(proxy, shared.clone());
     let mut service = Service::new("portcullis".to_string(), edge);
     for addr in &cfg.server.listen {
         service.add_tcp(&addr.to_string());
     }
     server.add_service(service);
-    for bg in background {
-        server.add_boxed_service(bg);
-    }
+
+    server.add_service(background_service(
+        "health checks",
+        HealthChecks {
+            shared: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "rate limit sweeper",
+        Sweeper {
+            shared: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "jwks refresh",
+        JwksRefresh {
+            shared: shared.clone(),
+        },
+    ));
+    let upgrade = Arc::new(Notify::new());
+    server.add_service(background_service(
+        "control",
+        Control::new(
+            config_path,
+            shared.clone(),
+            access_log,
+            upgrade.clone(),
+            cfg.server.clone(),
+            flags.daemon,
+        ),
+    ));
+    server.add_service(background_service(
+        "readiness",
+        Readiness {
+            listen: cfg.server.listen[0],
+            pid_file: cfg.server.pid_file.clone(),
+            write_pid_file: !flags.daemon,
+        },
+    ));
 
     let mut admin = Service::new(
         "portcullis admin".to_string(),
-        pingora_core::apps::http_app::HttpServer::new_app(AdminApp::new(runtime)),
+        pingora_core::apps::http_app::HttpServer::new_app(AdminApp::new(shared)),
     );
     admin.add_tcp(&cfg.server.admin_listen.to_string());
     server.add_service(admin);
@@ -137,5 +160,8 @@ pub fn run(cfg: Config, flags: ProcessFlags) -> ! {
         }
         println!("{}", crate::demo::TRY_THESE);
     }
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { upgrade }),
+    });
+    std::process::exit(0)
 }

@@ -46,16 +46,23 @@ impl SubClient {
                 SelectError::AllTried => PartError::Connect,
             })?;
             let addr = peer.address().as_inet().copied();
+            cluster.metrics.attempts.inc();
             let (mut session, _reused) = match self.connector.get_http_session(&peer).await {
                 Ok(s) => s,
                 Err(e) => {
                     timed_out = matches!(e.etype(), ErrorType::ConnectTimedout);
+                    cluster.metrics.failure(if timed_out {
+                        "connect_timeout"
+                    } else {
+                        "connect_refused"
+                    });
                     if let Some(a) = addr {
                         tried.push(a);
                         cluster.report_connect_failure(&a);
                     }
                     if retries_left > 0 {
                         retries_left -= 1;
+                        cluster.metrics.retries.inc();
                         continue;
                     }
                     return Err(if timed_out {
@@ -87,6 +94,7 @@ impl SubClient {
                 Ok::<_, Box<pingora_error::Error>>(())
             };
             if let Err(e) = exchange.await {
+                cluster.metrics.failure(crate::upstream::failure_reason(&e));
                 return Err(match e.etype() {
                     ErrorType::ReadTimedout | ErrorType::WriteTimedout => PartError::Timeout,
                     _ => PartError::Upstream,
@@ -107,10 +115,11 @@ impl SubClient {
                     }
                     Ok(None) => break,
                     Err(e) => {
+                        cluster.metrics.failure(crate::upstream::failure_reason(&e));
                         return Err(match e.etype() {
                             ErrorType::ReadTimedout => PartError::Timeout,
                             _ => PartError::Upstream,
-                        })
+                        });
                     }
                 }
             }

@@ -63,6 +63,8 @@ pub struct Part {
 }
 
 pub struct Aggregate {
+    /// The route's name, for the part-failure metrics.
+    pub route: Box<str>,
     pub timeout: Duration,
     pub max_part_bytes: usize,
     pub parts: Vec<Part>,
@@ -86,6 +88,7 @@ pub struct RequiredFailed {
 impl Aggregate {
     pub fn build(
         cfg: &AggregateConfig,
+        route: &str,
         cluster: impl Fn(&str) -> Option<Arc<Cluster>>,
     ) -> Option<Aggregate> {
         let parts = cfg
@@ -102,6 +105,7 @@ impl Aggregate {
             })
             .collect::<Option<Vec<_>>>()?;
         Some(Aggregate {
+            route: route.into(),
             timeout: cfg.timeout,
             max_part_bytes: cfg.max_part_bytes,
             parts,
@@ -153,6 +157,7 @@ impl Aggregate {
         // A required part that could not even be addressed fails the answer before any call.
         if let Some(failed) = self.first_required_failure(&results) {
             tasks.abort_all();
+            self.count_failures(&results);
             return Err(failed);
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -164,6 +169,7 @@ impl Aggregate {
                     if failed_required {
                         if let Some(failed) = self.first_required_failure(&results) {
                             tasks.abort_all();
+                            self.count_failures(&results);
                             return Err(failed);
                         }
                     }
@@ -180,10 +186,20 @@ impl Aggregate {
         for r in results.iter_mut().filter(|r| r.is_none()) {
             *r = Some(Err(PartError::Timeout));
         }
+        self.count_failures(&results);
         if let Some(failed) = self.first_required_failure(&results) {
             return Err(failed);
         }
         Ok(self.stitch(results))
+    }
+
+    /// `portcullis_composite_part_failures_total` for every part that failed.
+    fn count_failures(&self, results: &[Option<Result<Bytes, PartError>>]) {
+        for (part, r) in self.parts.iter().zip(results) {
+            if let Some(Err(e)) = r {
+                crate::observability::metrics().part_failure(&self.route, &part.name, e.reason());
+            }
+        }
     }
 
     fn first_required_failure(

@@ -13,7 +13,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 
 use super::keys::MAX_JWKS_BYTES;
-use super::Authenticator;
+use crate::runtime::SharedRuntime;
 
 /// Fetches `url` and returns its body. Every step is bounded by `timeout`.
 pub async fn fetch(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
@@ -86,22 +86,36 @@ async fn fetch_inner(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
     Ok(body.to_vec())
 }
 
-/// Refreshes the keys every `jwks_refresh` until shutdown.
+/// Refreshes the current runtime's keys every `jwks_refresh` until shutdown. A reload
+/// restarts the wait with the new authenticator's interval.
 pub struct JwksRefresh {
-    pub auth: Arc<Authenticator>,
-    pub every: Duration,
+    pub shared: Arc<SharedRuntime>,
 }
 
 #[async_trait]
 impl BackgroundService for JwksRefresh {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut reloads = self.shared.subscribe();
         loop {
+            let auth = self.shared.load().auth.clone().filter(|a| {
+                let c = a.config();
+                c.jwks_url.is_some() || c.jwks_file.is_some()
+            });
+            let every = auth
+                .as_ref()
+                .map_or(Duration::from_secs(3600), |a| a.config().jwks_refresh);
             tokio::select! {
-                _ = tokio::time::sleep(self.every) => {}
+                _ = tokio::time::sleep(every), if auth.is_some() => {}
+                changed = reloads.changed() => {
+                    if changed.is_err() { return }
+                    continue;
+                }
                 _ = shutdown.changed() => return,
             }
-            if let Err(e) = self.auth.refresh().await {
-                log::warn!("JWKS refresh failed, keeping the last good keys: {e}");
+            if let Some(auth) = auth {
+                if let Err(e) = auth.refresh().await {
+                    log::warn!("JWKS refresh failed, keeping the last good keys: {e}");
+                }
             }
         }
     }

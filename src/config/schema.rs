@@ -30,7 +30,7 @@ pub struct Config {
 }
 
 /// `server`: listeners, process settings and client-side limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     pub admin_listen: SocketAddr,
@@ -44,6 +44,16 @@ pub struct ServerConfig {
     pub request_header_timeout: Duration,
     pub idle_timeout: Duration,
     pub keepalive_requests: u32,
+    pub access_log: AccessLogTarget,
+}
+
+/// `server.access_log`: where the one-JSON-line-per-request log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Off,
+    Stdout,
+    /// Appended to; reopened on SIGHUP so that log rotation works.
+    File(std::path::PathBuf),
 }
 
 impl Default for ServerConfig {
@@ -61,12 +71,13 @@ impl Default for ServerConfig {
             request_header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             keepalive_requests: 10_000,
+            access_log: AccessLogTarget::Off,
         }
     }
 }
 
 /// `upstreams.<name>`: a cluster of interchangeable backends.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,
     pub backends: Vec<BackendConfig>,
@@ -267,6 +278,7 @@ fn read_server(r: &mut Reader, path: &str, value: &Value) -> ServerConfig {
             "request_header_timeout",
             "idle_timeout",
             "keepalive_requests",
+            "access_log",
         ],
     ) else {
         return s;
@@ -327,6 +339,18 @@ fn read_server(r: &mut Reader, path: &str, value: &Value) -> ServerConfig {
         &mut s.keepalive_requests,
         int(r, &t, path, "keepalive_requests", 1, u32::MAX as u64).map(|n| n as u32),
     );
+    if let Some(v) = t.get("access_log") {
+        let p = key_path(path, "access_log");
+        match r.string(&p, v).as_deref() {
+            None => {}
+            Some("off") => s.access_log = AccessLogTarget::Off,
+            Some("stdout") => s.access_log = AccessLogTarget::Stdout,
+            Some(file) if file.starts_with('/') => {
+                s.access_log = AccessLogTarget::File(file.into());
+            }
+            Some(_) => r.error(&p, "must be off, stdout or an absolute file path"),
+        }
+    }
     s
 }
 

@@ -129,7 +129,7 @@ impl Gateway {
                 identity: ctx.identity.as_deref(),
             };
             aggregate
-                .run(&self.runtime.sub_client, &values, part_headers, &key_for)
+                .run(&ctx.runtime.sub_client, &values, part_headers, &key_for)
                 .await
         };
         let stitched = match outcome {

@@ -7,6 +7,7 @@ pub mod plan;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,15 +19,42 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::auth::Identity;
 use crate::config::{AuthMode, HashKey};
+use crate::observability::metrics::NO_ROUTE;
+use crate::observability::{
+    metrics, AccessLog, AccessRecord, AuthOutcome, RateOutcome, RouteMetrics,
+};
 use crate::ratelimit::{KeyParts, RouteVerdict};
 use crate::respond::{ErrorCode, GatewayError};
 use crate::routing::RouteId;
-use crate::runtime::{RouteTarget, Runtime};
-use crate::upstream::SelectError;
+use crate::runtime::{RouteTarget, Runtime, SharedRuntime};
+use crate::upstream::{failure_reason, SelectError};
+
+/// Counts a request in `portcullis_requests_in_flight` for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        metrics().in_flight().inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics().in_flight().dec();
+    }
+}
 
 /// Per-request state.
-#[derive(Default)]
 pub struct RequestCtx {
+    /// The runtime current when the request arrived; it serves the request to its end.
+    runtime: Arc<Runtime>,
+    started: Instant,
+    _in_flight: InFlight,
+    /// The backend of the last attempt, for the access log.
+    backend: Option<SocketAddr>,
+    auth: AuthOutcome,
+    rate: RateOutcome,
     request_id: Option<HeaderValue>,
     route: Option<RouteId>,
     upstream_target: Option<String>,
@@ -51,12 +79,19 @@ impl RequestCtx {
 }
 
 pub struct Gateway {
-    runtime: Arc<Runtime>,
+    shared: Arc<SharedRuntime>,
+    access_log: Option<Arc<AccessLog>>,
+    /// Metrics of requests answered before a route was chosen (404, 405, 400).
+    unrouted: RouteMetrics,
 }
 
 impl Gateway {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        Gateway { runtime }
+    pub fn new(shared: Arc<SharedRuntime>, access_log: Option<Arc<AccessLog>>) -> Self {
+        Gateway {
+            shared,
+            access_log,
+            unrouted: metrics().route(NO_ROUTE),
+        }
     }
 
     async fn respond(
@@ -93,7 +128,7 @@ impl Gateway {
     /// The RateLimit-* headers, on every answer of a limited route.
     fn add_rate_headers(&self, ctx: &RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
         if let Some(v) = &ctx.rate_verdict {
-            for (name, value) in self.runtime.rate_limits.headers(v) {
+            for (name, value) in ctx.runtime.rate_limits.headers(v) {
                 resp.insert_header(name, value)?;
             }
         }
@@ -106,7 +141,24 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            runtime: self.shared.load_full(),
+            started: Instant::now(),
+            _in_flight: InFlight::new(),
+            backend: None,
+            auth: AuthOutcome::NotChecked,
+            rate: RateOutcome::NotChecked,
+            request_id: None,
+            route: None,
+            upstream_target: None,
+            tried: Vec::new(),
+            connect_retries: 0,
+            connect_timed_out: false,
+            body_bytes: 0,
+            identity: None,
+            rate_verdict: None,
+            failure: None,
+        }
     }
 
     async fn early_request_filter(
@@ -119,7 +171,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let p = match plan::plan(&self.runtime, session.req_header()) {
+        let runtime = ctx.runtime.clone();
+        let p = match plan::plan(&runtime, session.req_header()) {
             Ok(p) => p,
             Err(e) => {
                 self.respond(session, ctx, &e).await?;
@@ -129,8 +182,8 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(p.route);
         ctx.upstream_target = p.upstream_target;
         let params = p.params;
-        let route = &self.runtime.routes[p.route];
-        if let (Some(auth), true) = (&self.runtime.auth, route.auth != AuthMode::None) {
+        let route = &runtime.routes[p.route];
+        if let (Some(auth), true) = (&runtime.auth, route.auth != AuthMode::None) {
             let verdict = auth
                 .authenticate(
                     &session.req_header().headers,
@@ -139,9 +192,18 @@ impl ProxyHttp for Gateway {
                 )
                 .await;
             match verdict {
-                Ok(identity) => ctx.identity = identity,
+                Ok(identity) => {
+                    ctx.auth = if identity.is_some() {
+                        AuthOutcome::Verified
+                    } else {
+                        AuthOutcome::Anonymous
+                    };
+                    ctx.identity = identity;
+                }
                 Err(rejection) => {
                     log::debug!("auth refused: {}", rejection.reason());
+                    ctx.auth = AuthOutcome::Refused(rejection.reason());
+                    metrics().auth_failure(rejection.reason());
                     self.respond(session, ctx, &rejection.to_error()).await?;
                     return Ok(true);
                 }
@@ -157,12 +219,13 @@ impl ProxyHttp for Gateway {
                 identity: ctx.identity.as_deref(),
                 route: &route.name,
             };
-            ctx.rate_verdict = self
-                .runtime
+            ctx.rate_verdict = runtime
                 .rate_limits
                 .check_route(&route.rate_limit, &parts)
                 .await;
+            ctx.rate = RateOutcome::Allowed;
             if ctx.rate_verdict.is_some_and(|v| !v.verdict.allowed) {
+                ctx.rate = RateOutcome::Limited;
                 self.respond(session, ctx, &GatewayError::new(ErrorCode::RateLimited))
                     .await?;
                 return Ok(true);
@@ -185,7 +248,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
-            if ctx.body_bytes > self.runtime.server.max_request_body_bytes {
+            if ctx.body_bytes > ctx.runtime.server.max_request_body_bytes {
                 ctx.failure = Some(GatewayError::new(ErrorCode::PayloadTooLarge));
                 return Error::e_explain(
                     ErrorType::HTTPStatus(413),
@@ -204,7 +267,8 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
-        let Some(cluster) = self.runtime.cluster_for(route) else {
+        let runtime = ctx.runtime.clone();
+        let Some(cluster) = runtime.cluster_for(route) else {
             return Error::e_explain(
                 ErrorType::InternalError,
                 "a composite route has no upstream",
@@ -233,7 +297,11 @@ impl ProxyHttp for Gateway {
             }
         };
         match cluster.select(key, &ctx.tried) {
-            Ok(peer) => Ok(Box::new(peer)),
+            Ok(peer) => {
+                cluster.metrics.attempts.inc();
+                ctx.backend = peer.address().as_inet().copied();
+                Ok(Box::new(peer))
+            }
             Err(SelectError::NoHealthyBackend) => {
                 ctx.failure = Some(GatewayError::new(ErrorCode::ServiceUnavailable));
                 Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend")
@@ -260,9 +328,11 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let Some(route) = ctx.route else { return e };
-        let Some(cluster) = self.runtime.cluster_for(route) else {
+        let runtime = ctx.runtime.clone();
+        let Some(cluster) = runtime.cluster_for(route) else {
             return e;
         };
+        cluster.metrics.failure(failure_reason(&e));
         ctx.connect_timed_out = matches!(e.etype(), ErrorType::ConnectTimedout);
         if let Some(addr) = peer.address().as_inet() {
             ctx.tried.push(*addr);
@@ -271,6 +341,7 @@ impl ProxyHttp for Gateway {
         // Nothing was sent, so any method may go to another backend.
         if ctx.connect_retries < cluster.retries {
             ctx.connect_retries += 1;
+            cluster.metrics.retries.inc();
             e.set_retry(true);
         }
         e
@@ -285,6 +356,11 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer {peer}"));
+        let runtime = ctx.runtime.clone();
+        let cluster = ctx.route.and_then(|r| runtime.cluster_for(r));
+        if let (Some(cluster), ErrorSource::Upstream) = (cluster, e.esource()) {
+            cluster.metrics.failure(failure_reason(&e));
+        }
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
@@ -295,6 +371,9 @@ impl ProxyHttp for Gateway {
         // A pooled connection the backend had already closed: Pingora's own rule.
         e.retry.decide_reuse(client_reused);
         if e.retry() {
+            if let Some(cluster) = cluster {
+                cluster.metrics.retries.inc();
+            }
             return e;
         }
         // The backend dropped the connection before answering (it crashed or was killed):
@@ -304,16 +383,14 @@ impl ProxyHttp for Gateway {
                 e.etype(),
                 ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
             );
-        if let (true, Some(route)) = (dropped, ctx.route) {
-            let Some(cluster) = self.runtime.cluster_for(route) else {
-                return e;
-            };
+        if let (true, Some(cluster)) = (dropped, cluster) {
             if ctx.connect_retries < cluster.retries {
                 if let Some(addr) = peer.address().as_inet() {
                     ctx.tried.push(*addr);
                     cluster.report_connect_failure(addr);
                 }
                 ctx.connect_retries += 1;
+                cluster.metrics.retries.inc();
                 e.set_retry(true);
             }
         }
@@ -337,7 +414,7 @@ impl ProxyHttp for Gateway {
             .cloned();
         let id = ctx.request_id().clone();
         headers::prepare_upstream_request(upstream_request, client_ip, &id, host.as_ref());
-        if let Some(auth) = &self.runtime.auth {
+        if let Some(auth) = &ctx.runtime.auth {
             // Identity headers come from the gateway only: client-sent copies go, on every route.
             for name in auth.identity_header_names() {
                 upstream_request.remove_header(name);
@@ -367,6 +444,47 @@ impl ProxyHttp for Gateway {
         headers::prepare_response(upstream_response, &id);
         self.add_rate_headers(ctx, upstream_response)?;
         Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let elapsed = ctx.started.elapsed();
+        let status = match session.response_written() {
+            Some(resp) => resp.status.as_u16(),
+            // Nothing was sent: the client went away first (499, as nginx logs it).
+            None => e
+                .and_then(classify)
+                .map_or(499, |err| err.code.status().as_u16()),
+        };
+        let route = ctx.route.and_then(|r| ctx.runtime.routes.get(r));
+        if let Some(route) = route {
+            route
+                .metrics
+                .observe(&session.req_header().method, status, elapsed.as_secs_f64());
+        } else {
+            self.unrouted
+                .observe(&session.req_header().method, status, elapsed.as_secs_f64());
+        }
+        let Some(log) = &self.access_log else { return };
+        let req = session.req_header();
+        log.record(AccessRecord {
+            time: SystemTime::now(),
+            request_id: ctx.request_id.clone(),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            method: req.method.clone(),
+            uri: req.uri.clone(),
+            route: route.map(|r| r.name.clone()),
+            upstream: ctx
+                .route
+                .and_then(|r| ctx.runtime.cluster_for(r))
+                .map(|c| c.name.clone()),
+            backend: ctx.backend,
+            status,
+            duration: elapsed,
+            bytes_in: session.body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+            rate_limit: ctx.rate,
+            auth: ctx.auth,
+        });
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {

@@ -103,7 +103,7 @@ mod tests {
 
     fn runtime(yaml: &str) -> Runtime {
         let cfg = crate::config::parse(yaml).unwrap();
-        Runtime::build(&cfg, None).unwrap().0
+        Runtime::build(&cfg, None, None).unwrap()
     }
 
     const YAML: &str = r#"

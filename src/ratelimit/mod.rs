@@ -41,6 +41,10 @@ enum Store {
 
 pub struct Policy {
     pub name: Box<str>,
+    /// What it was built from: a reload keeps the policy (and its counters) when unchanged.
+    config: RateLimitConfig,
+    /// `portcullis_rate_limited_total{policy}`.
+    pub rejections: prometheus::IntCounter,
     key: LimitKey,
     limit: u32,
     window_ms: u64,
@@ -65,25 +69,44 @@ pub struct RouteVerdict {
 }
 
 pub struct RateLimits {
-    policies: Vec<Policy>,
+    policies: Vec<Arc<Policy>>,
+    /// The Redis connection and the config it was made from, when a policy uses Redis.
+    redis: Option<(RedisConfig, Arc<RedisStore>)>,
 }
 
 impl RateLimits {
+    /// Builds the policies. With `previous` (a reload), a policy whose config is unchanged is
+    /// kept as it is, counters and all, and so is an unchanged Redis connection.
     pub fn build(
         cfgs: &[RateLimitConfig],
         redis: Option<&RedisConfig>,
+        previous: Option<&RateLimits>,
     ) -> Result<RateLimits, String> {
         let shared = match redis {
             Some(r) if cfgs.iter().any(|c| c.store == LimitStore::Redis) => {
-                Some(Arc::new(RedisStore::new(r)?))
+                match previous.and_then(|p| p.redis.as_ref()) {
+                    Some((old, store)) if old == r => Some((r.clone(), store.clone())),
+                    _ => Some((r.clone(), Arc::new(RedisStore::new(r)?))),
+                }
             }
             _ => None,
         };
+        let same_redis = match (previous.and_then(|p| p.redis.as_ref()), &shared) {
+            (Some((a, _)), Some((b, _))) => a == b,
+            _ => false,
+        };
         let mut policies = Vec::with_capacity(cfgs.len());
         for c in cfgs {
+            let kept = previous
+                .and_then(|p| p.policies.iter().find(|old| old.config == *c))
+                .filter(|old| matches!(old.store, Store::Local(_)) || same_redis);
+            if let Some(old) = kept {
+                policies.push(old.clone());
+                continue;
+            }
             let window_ms = c.window.as_millis().max(1) as u64;
             let store = match (c.store, &shared) {
-                (LimitStore::Redis, Some(s)) => Store::Redis {
+                (LimitStore::Redis, Some((_, s))) => Store::Redis {
                     store: s.clone(),
                     allow_on_error: c.allow_on_store_error,
                 },
@@ -96,16 +119,21 @@ impl RateLimits {
                 c.window.as_secs().max(1)
             ))
             .map_err(|e| e.to_string())?;
-            policies.push(Policy {
+            policies.push(Arc::new(Policy {
                 name: c.name.as_str().into(),
+                config: c.clone(),
+                rejections: crate::observability::metrics().rate_limited(&c.name),
                 key: c.key.clone(),
                 limit: c.limit,
                 window_ms,
                 store,
                 policy_header,
-            });
+            }));
         }
-        Ok(RateLimits { policies })
+        Ok(RateLimits {
+            policies,
+            redis: shared,
+        })
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
@@ -154,6 +182,7 @@ impl RateLimits {
             };
             let this = RouteVerdict { policy: i, verdict };
             if !verdict.allowed {
+                p.rejections.inc();
                 return Some(this);
             }
             if tightest.is_none_or(|t| verdict.remaining < t.verdict.remaining) {
@@ -285,9 +314,9 @@ fn redis_key(policy: &str, key: &[u8]) -> String {
     s
 }
 
-/// Sweeps idle keys from the local stores every few seconds.
+/// Sweeps idle keys from the current runtime's local stores every few seconds.
 pub struct Sweeper {
-    pub limits: Arc<RateLimits>,
+    pub shared: Arc<crate::runtime::SharedRuntime>,
 }
 
 #[async_trait]
@@ -298,7 +327,7 @@ impl BackgroundService for Sweeper {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 _ = shutdown.changed() => return,
             }
-            let removed = self.limits.sweep();
+            let removed = self.shared.load().rate_limits.sweep();
             if removed > 0 {
                 log::debug!("rate limits: swept {removed} idle keys");
             }

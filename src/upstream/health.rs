@@ -1,10 +1,21 @@
-//! Active health checks, configured from `upstreams.<name>.health_check`.
+//! Active health checks, configured from `upstreams.<name>.health_check`, and the service
+//! that runs them for whichever clusters the current runtime has.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 
+use tokio::sync::watch;
+
+use super::Cluster;
 use crate::config::{HealthCheckConfig, HealthCheckKind, UpstreamConfig};
+use crate::runtime::SharedRuntime;
 
 pub(super) fn build(
     hc: &HealthCheckConfig,
@@ -57,6 +68,55 @@ pub(super) fn build(
                 }
             }));
             Box::new(check)
+        }
+    }
+}
+
+/// Runs the active checks of the current runtime's clusters. A reload that keeps a cluster
+/// keeps its checks (and health state) running; one that replaces or removes it stops them
+/// and starts the new cluster's.
+pub struct HealthChecks {
+    pub shared: Arc<SharedRuntime>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut reloads = self.shared.subscribe();
+        // Keyed by the cluster's address: a kept cluster is the same `Arc`.
+        let mut running: HashMap<usize, (Arc<Cluster>, watch::Sender<bool>)> = HashMap::new();
+        loop {
+            let runtime = self.shared.load_full();
+            let current: Vec<&Arc<Cluster>> = runtime
+                .clusters
+                .iter()
+                .filter(|c| c.has_health_check)
+                .collect();
+            running.retain(|key, (_, stop)| {
+                let kept = current.iter().any(|c| Arc::as_ptr(c) as usize == *key);
+                if !kept {
+                    let _ = stop.send(true);
+                }
+                kept
+            });
+            for cluster in current {
+                let key = Arc::as_ptr(cluster) as usize;
+                if running.contains_key(&key) {
+                    continue;
+                }
+                let (stop, watch) = watch::channel(false);
+                let c = cluster.clone();
+                tokio::spawn(async move { c.run_health_checks(watch).await });
+                running.insert(key, (cluster.clone(), stop));
+            }
+            drop(runtime);
+            tokio::select! {
+                changed = reloads.changed() => if changed.is_err() { break },
+                _ = shutdown.changed() => break,
+            }
+        }
+        for (_, (_, stop)) in running {
+            let _ = stop.send(true);
         }
     }
 }

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use pingora_core::services::background::background_service;
-use pingora_core::services::ServiceWithDependents;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::selection::{
     BackendIter, BackendSelection, Consistent, Random, RoundRobin,
@@ -22,6 +22,9 @@ use pingora_load_balancing::selection::{
 use pingora_load_balancing::{discovery, Backend, Backends, LoadBalancer};
 
 use crate::config::{HashKey, LbPolicy, UpstreamConfig};
+use crate::observability::{metrics, UpstreamMetrics};
+
+pub use health::HealthChecks;
 
 /// How long a backend that refused a connection is skipped, unless nothing else is left.
 pub const PASSIVE_EJECTION: Duration = Duration::from_secs(5);
@@ -37,6 +40,8 @@ enum Balancer {
 
 struct BackendSlot {
     addr: SocketAddr,
+    /// Part of a `Backend`'s identity in pingora-load-balancing.
+    weight: usize,
     /// Ready-made peer (address, TLS, timeouts); cloned per request.
     peer: HttpPeer,
     /// Milliseconds since `epoch()` until which the backend is passively ejected.
@@ -54,10 +59,14 @@ pub enum SelectError {
 
 /// A named upstream cluster.
 pub struct Cluster {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub hash_key: HashKey,
     pub retries: u32,
     pub has_health_check: bool,
+    pub metrics: UpstreamMetrics,
+    /// What it was built from: a reload keeps the cluster (health state, ejections) when
+    /// this is unchanged.
+    pub config: UpstreamConfig,
     balancer: Balancer,
     slots: Vec<BackendSlot>,
 }
@@ -72,8 +81,8 @@ fn now_ms() -> u64 {
 }
 
 impl Cluster {
-    /// Builds the cluster, and the background service that runs its health checks if it has any.
-    pub fn build(cfg: &UpstreamConfig) -> (Cluster, Option<Box<dyn ServiceWithDependents>>) {
+    /// Builds the cluster; its active checks run when [`HealthChecks`] starts them.
+    pub fn build(cfg: &UpstreamConfig) -> Cluster {
         let backends: std::collections::BTreeSet<Backend> = cfg
             .backends
             .iter()
@@ -84,19 +93,10 @@ impl Cluster {
             })
             .collect();
         let hc = cfg.health_check.as_ref();
-        let (balancer, service) = match cfg.lb {
-            LbPolicy::RoundRobin => {
-                let (lb, svc) = balancer_for::<RoundRobin>(cfg, backends);
-                (Balancer::RoundRobin(lb), svc)
-            }
-            LbPolicy::Random => {
-                let (lb, svc) = balancer_for::<Random>(cfg, backends);
-                (Balancer::Random(lb), svc)
-            }
-            LbPolicy::ConsistentHash => {
-                let (lb, svc) = balancer_for::<Consistent>(cfg, backends);
-                (Balancer::Consistent(lb), svc)
-            }
+        let balancer = match cfg.lb {
+            LbPolicy::RoundRobin => Balancer::RoundRobin(balancer_for(cfg, backends)),
+            LbPolicy::Random => Balancer::Random(balancer_for(cfg, backends)),
+            LbPolicy::ConsistentHash => Balancer::Consistent(balancer_for(cfg, backends)),
         };
         let slots = cfg
             .backends
@@ -109,20 +109,52 @@ impl Cluster {
                 peer.options.idle_timeout = Some(cfg.pool_idle_timeout);
                 BackendSlot {
                     addr: b.addr,
+                    weight: b.weight,
                     peer,
                     ejected_until_ms: AtomicU64::new(0),
                 }
             })
             .collect();
-        let cluster = Cluster {
+        Cluster {
             name: cfg.name.as_str().into(),
             hash_key: cfg.hash_key.clone(),
             retries: cfg.retries,
             has_health_check: hc.is_some(),
+            metrics: metrics().upstream(&cfg.name),
+            config: cfg.clone(),
             balancer,
             slots,
-        };
-        (cluster, service)
+        }
+    }
+
+    /// Runs the active health checks until `stop` fires (shutdown, or a reload that
+    /// replaced this cluster). Returns at once without checks.
+    pub async fn run_health_checks(&self, stop: ShutdownWatch) {
+        if !self.has_health_check {
+            return;
+        }
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.start(stop).await,
+            Balancer::Random(lb) => lb.start(stop).await,
+            Balancer::Consistent(lb) => lb.start(stop).await,
+        }
+    }
+
+    /// Each backend and whether the active check admits it, for the metrics.
+    pub fn backend_health(&self) -> impl Iterator<Item = (SocketAddr, bool)> + '_ {
+        self.slots.iter().map(|s| {
+            let backend = Backend {
+                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(s.addr),
+                weight: s.weight,
+                ext: Default::default(),
+            };
+            let ready = match &self.balancer {
+                Balancer::RoundRobin(lb) => lb.backends().ready(&backend),
+                Balancer::Random(lb) => lb.backends().ready(&backend),
+                Balancer::Consistent(lb) => lb.backends().ready(&backend),
+            };
+            (s.addr, ready)
+        })
     }
 
     /// Picks a backend for one attempt. `tried` are the backends this request already failed
@@ -218,7 +250,7 @@ where
 fn balancer_for<S>(
     cfg: &UpstreamConfig,
     backends: std::collections::BTreeSet<Backend>,
-) -> (Arc<LoadBalancer<S>>, Option<Box<dyn ServiceWithDependents>>)
+) -> Arc<LoadBalancer<S>>
 where
     S: BackendSelection + Send + Sync + 'static,
     S::Iter: BackendIter,
@@ -226,16 +258,28 @@ where
     let mut lb = LoadBalancer::<S>::from_backends(Backends::new(discovery::Static::new(backends)));
     // Static discovery never blocks or fails: this only builds the selector.
     let _ = futures_now(lb.update());
-    match &cfg.health_check {
-        None => (Arc::new(lb), None),
-        Some(hc) => {
-            lb.set_health_check(health::build(hc, cfg));
-            lb.health_check_frequency = Some(hc.interval);
-            lb.parallel_health_check = true;
-            let service = background_service(&format!("health check {}", cfg.name), lb);
-            let lb = service.task();
-            (lb, Some(Box::new(service)))
+    if let Some(hc) = &cfg.health_check {
+        // A fresh balancer per build: `set_health_check` may only be called once on one.
+        lb.set_health_check(health::build(hc, cfg));
+        lb.health_check_frequency = Some(hc.interval);
+        lb.parallel_health_check = true;
+    }
+    Arc::new(lb)
+}
+
+/// The `reason` label of `portcullis_upstream_failures_total` for an upstream error.
+pub fn failure_reason(e: &pingora_error::Error) -> &'static str {
+    use pingora_error::ErrorType::*;
+    match e.etype() {
+        ConnectTimedout => "connect_timeout",
+        ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError => {
+            "connect_refused"
         }
+        TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => "tls",
+        ReadTimedout | WriteTimedout => "timeout",
+        ConnectionClosed | ReadError | WriteError => "connection_lost",
+        InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => "bad_response",
+        _ => "other",
     }
 }
 
