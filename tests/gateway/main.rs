@@ -11,5 +11,6 @@ mod errors;
 mod health;
 mod hygiene;
 mod limits;
+mod operations;
 mod ratelimit;
 mod routing;

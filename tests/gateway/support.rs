@@ -255,6 +255,14 @@ pub struct Gateway {
     pub dir: PathBuf,
 }
 
+/// The `server` section every test gateway gets, before its own extra keys.
+fn server_yaml(dir: &std::path::Path, port: u16, admin_port: u16) -> String {
+    format!(
+        "server:\n  listen: [\"127.0.0.1:{port}\"]\n  admin_listen: \"127.0.0.1:{admin_port}\"\n  threads: 1\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/gw.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n",
+        d = dir.display()
+    )
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let d = std::env::temp_dir().join(format!(
@@ -287,8 +295,8 @@ impl Gateway {
         let port = free_port();
         let admin_port = free_port();
         let yaml = format!(
-            "server:\n  listen: [\"127.0.0.1:{port}\"]\n  admin_listen: \"127.0.0.1:{admin_port}\"\n  threads: 1\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/gw.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n{server_extra}\n{rest}",
-            d = dir.display()
+            "{}{server_extra}\n{rest}",
+            server_yaml(&dir, port, admin_port)
         );
         let conf = dir.join("gateway.yaml");
         std::fs::write(&conf, &yaml).unwrap();
@@ -326,6 +334,41 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
     }
 
+    /// Replaces the config file (same listeners and paths), for a reload.
+    pub fn write_config(&self, server_extra: &str, rest: &str) {
+        let yaml = format!(
+            "{}{server_extra}\n{rest}",
+            server_yaml(&self.dir, self.addr.port(), self.admin.port())
+        );
+        std::fs::write(self.dir.join("gateway.yaml"), yaml).unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`HUP`, `USR2`, `TERM`, ...) to the gateway process.
+    pub fn signal(&self, sig: &str) {
+        signal_pid(self.pid(), sig);
+    }
+
+    /// Whether the process this test started has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let r = get(self.admin, "/metrics").expect("GET /metrics");
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).expect("UTF-8 exposition")
+    }
+
+    /// One sample's value (0 when the series does not exist yet).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics(), name, labels)
+    }
+
     pub fn get(&self, path: &str) -> Response {
         get(self.addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()))
     }
@@ -342,6 +385,259 @@ impl Drop for Gateway {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+pub fn signal_pid(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Ends a process this test did not start itself (an upgraded gateway) when dropped.
+pub struct PidGuard(pub u32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if pid_alive(self.0) {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.0.to_string())
+                .status();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parses the text exposition strictly: every sample line is `name{labels} value`, every
+/// sample belongs to a family announced by `# TYPE`, label values are quoted.
+pub fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
+    let mut families: Vec<String> = Vec::new();
+    let mut samples = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let at = |m: &str| format!("line {}: {m}: {line:?}", n + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let name = it.next().ok_or_else(|| at("TYPE without a name"))?;
+            let kind = it.next().ok_or_else(|| at("TYPE without a kind"))?;
+            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return Err(at("unknown type"));
+            }
+            families.push(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        if line.starts_with('#') {
+            return Err(at("unknown comment"));
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or_else(|| at("no value"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().map_err(|_| at("bad value"))?,
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), Vec::new()),
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .ok_or_else(|| at("unclosed labels"))?;
+                let mut labels = Vec::new();
+                for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once("=\"").ok_or_else(|| at("bad label"))?;
+                    labels.push((k.to_string(), v.trim_end_matches('"').to_string()));
+                }
+                (name.to_string(), labels)
+            }
+        };
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        {
+            return Err(at("bad metric name"));
+        }
+        let family_known = families.iter().any(|f| {
+            name == *f
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name.strip_suffix(suffix) == Some(f))
+        });
+        if !family_known {
+            return Err(at("sample before its # TYPE"));
+        }
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    Ok(samples)
+}
+
+/// The value of the sample with exactly these labels; 0 when absent.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let samples = parse_exposition(text).unwrap_or_else(|e| panic!("bad exposition: {e}"));
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && s.labels.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .map_or(0.0, |s| s.value)
+}
+
+// ---------------------------------------------------------------------------------------
+// Load
+
+/// Tallies of a load run.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: usize,
+    pub failed: usize,
+    pub connections: usize,
+    pub errors: Vec<String>,
+}
+
+/// Several clients sending GETs back to back until stopped. Each opens a fresh connection
+/// every few requests, so accepts keep happening too. Like any HTTP client, a client
+/// retries a request once on a new connection when a *reused* connection is closed before
+/// any byte of the answer arrives (RFC 9112, 9.3.1): that is the keep-alive race every
+/// server closing idle connections has, not a failure. Anything else is a failure: a
+/// refused or reset fresh connection, a status other than 200, a broken answer.
+pub struct LoadGen {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<LoadReport>>,
+    pub ok: Arc<AtomicUsize>,
+}
+
+impl LoadGen {
+    pub fn start(addr: SocketAddr, path: &str, clients: usize) -> LoadGen {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, path) = (stop.clone(), ok.clone(), path.to_string());
+                thread::spawn(move || load_client(addr, &path, &stop, &ok))
+            })
+            .collect();
+        LoadGen { stop, threads, ok }
+    }
+
+    /// Waits until `n` more requests have succeeded (so load demonstrably ran across an
+    /// event); false at the deadline.
+    pub fn wait_for_more(&self, n: usize, deadline: Duration) -> bool {
+        let target = self.ok.load(Ordering::SeqCst) + n;
+        wait_until(deadline, || self.ok.load(Ordering::SeqCst) >= target)
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = LoadReport::default();
+        for t in self.threads {
+            let r = t.join().expect("load client panicked");
+            total.ok += r.ok;
+            total.failed += r.failed;
+            total.connections += r.connections;
+            total.errors.extend(r.errors);
+        }
+        total
+    }
+}
+
+fn load_client(addr: SocketAddr, path: &str, stop: &AtomicBool, ok: &AtomicUsize) -> LoadReport {
+    const REQUESTS_PER_CONNECTION: usize = 10;
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: load.test\r\n\r\n");
+    let mut report = LoadReport::default();
+    let mut conn: Option<(Conn, usize)> = None;
+    let mut fail = |report: &mut LoadReport, e: String| {
+        report.failed += 1;
+        if report.errors.len() < 10 {
+            report.errors.push(e);
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let (c, used) = match conn.take() {
+            Some((c, used)) if used < REQUESTS_PER_CONNECTION => (c, used),
+            _ => match Conn::open(addr) {
+                Ok(c) => {
+                    report.connections += 1;
+                    (c, 0)
+                }
+                Err(e) => {
+                    fail(&mut report, format!("connect: {e}"));
+                    continue;
+                }
+            },
+        };
+        let mut c = c;
+        let answer = match c.request(&raw) {
+            Err(e)
+                if used > 0 && e.kind() == std::io::ErrorKind::UnexpectedEof
+                    || used > 0 && e.kind() == std::io::ErrorKind::ConnectionReset
+                    || used > 0 && e.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                // The keep-alive race: retry once on a fresh connection.
+                match Conn::open(addr) {
+                    Ok(fresh) => {
+                        report.connections += 1;
+                        c = fresh;
+                        c.request(&raw).map(|r| (r, 0))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other.map(|r| (r, used)),
+        };
+        match answer {
+            Ok((r, used)) if r.status == 200 => {
+                report.ok += 1;
+                ok.fetch_add(1, Ordering::SeqCst);
+                let closing = r
+                    .header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                if !closing {
+                    conn = Some((c, used + 1));
+                }
+            }
+            Ok((r, _)) => fail(
+                &mut report,
+                format!("status {}: {}", r.status, String::from_utf8_lossy(&r.body)),
+            ),
+            Err(e) => fail(&mut report, format!("request: {e}")),
+        }
+    }
+    report
 }
 
 // ---------------------------------------------------------------------------------------
