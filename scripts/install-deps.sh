@@ -9,6 +9,8 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v make >/dev/null 2>&1 || need+=(make)
 # The rate-limit tests start their own redis-server.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# CI verifies systemd/portcullis.service with systemd-analyze.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"

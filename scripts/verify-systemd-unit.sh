@@ -60,7 +60,7 @@ sed "s|$installed_path|$repl|g" "$unit" >"$tmp/$name"
 opts=()
 help=$(systemd-analyze --help 2>&1 || true)
 [[ $help == *--recursive-errors=* ]] && opts+=(--recursive-errors=no)
-[[ $help == *--man=* ]] && opts+=(--man=no)
+[[ $help == *--man* ]] && opts+=(--man=no)
 
 echo "systemd-analyze verify ${opts[*]} $name  ($(systemd-analyze --version | head -n 1))"
 echo "  unit:   $unit"
@@ -102,6 +102,6 @@ echo "OK: $name verifies cleanly"
 if [[ $help == *--offline=* ]]; then
     score=$(SYSTEMD_LOG_COLOR=0 LC_ALL=C systemd-analyze security --offline=yes --no-pager "$tmp/$name" 2>/dev/null |
         grep -F 'Overall exposure level' || true)
-    [[ -n $score ]] && echo "info: ${score/→ /}"
+    [[ -n $score ]] && echo "info: overall${score#*Overall}"
 fi
 exit 0

@@ -183,6 +183,10 @@ impl Control {
     /// Re-reads, validates and compiles the config file and swaps it in. On any error the
     /// running config stays. Returns the settings that changed but need an upgrade.
     pub async fn reload(&self) -> Result<Vec<&'static str>, String> {
+        // SIGHUP is also logrotate's signal: reopen the access log whatever the config says.
+        if let Some(log) = &self.access_log {
+            log.reopen();
+        }
         let cfg: Config = config::load(&self.config_path).map_err(|errors| {
             let mut msg = format!(
                 "{}: {} problem(s):",
@@ -211,9 +215,6 @@ impl Control {
         };
         let runtime = Runtime::build(&cfg, auth, Some(&previous))?;
         self.shared.swap(runtime);
-        if let Some(log) = &self.access_log {
-            log.reopen();
-        }
         Ok(settings_needing_upgrade(&self.running, &cfg.server))
     }
 

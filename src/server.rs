@@ -79,7 +79,6 @@ pub fn run(cfg: Config, config_path: PathBuf, flags: ProcessFlags) -> ! {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
 
     let auth = cfg
         .jwt
@@ -95,6 +94,10 @@ pub fn run(cfg: Config, config_path: PathBuf, flags: ProcessFlags) -> ! {
         }
         Err(e) => fail_start(e),
     };
+    // Only now take the listening sockets (from the old process, with `-u`): a successor that
+    // cannot start (keys, access log file) exits before the old process hands anything over,
+    // and the old one keeps serving.
+    server.bootstrap();
 
     // Requests per connection, idle and header deadlines are the edge's (see `edge`).
     let proxy = pingora_proxy::http_proxy(

@@ -234,18 +234,30 @@ fn write_loop(
 ) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut failing = false;
+    // A record taken by the blocking wait below, written first in the next round.
+    let mut waiting: Option<AccessRecord> = None;
     loop {
+        // Checked before writing, so a record after a rotation goes to the new file.
+        if reopen.swap(false, Ordering::Relaxed) {
+            let _ = out.flush();
+            match sink.open() {
+                Ok(fresh) => {
+                    out = BufWriter::with_capacity(64 * 1024, fresh);
+                    log::info!("access log reopened");
+                }
+                Err(e) => log::warn!("access log: cannot reopen, keeping the old file: {e}"),
+            }
+        }
         let mut wrote = 0usize;
         let closed = loop {
-            match rx.try_recv() {
-                Ok(rec) => {
-                    wrote += 1;
-                    if let Err(e) = rec.write_line(&mut out) {
-                        report(&mut failing, &e);
-                    }
-                }
+            let rec = match waiting.take().map(Ok).unwrap_or_else(|| rx.try_recv()) {
+                Ok(rec) => rec,
                 Err(TryRecvError::Empty) => break false,
                 Err(TryRecvError::Disconnected) => break true,
+            };
+            wrote += 1;
+            if let Err(e) = rec.write_line(&mut out) {
+                report(&mut failing, &e);
             }
         };
         match out.flush() {
@@ -255,31 +267,15 @@ fn write_loop(
         if closed {
             return;
         }
-        if reopen.swap(false, Ordering::Relaxed) {
-            match sink.open() {
-                Ok(fresh) => {
-                    out = BufWriter::with_capacity(64 * 1024, fresh);
-                    log::info!("access log reopened");
-                }
-                Err(e) => log::warn!("access log: cannot reopen, keeping the old file: {e}"),
-            }
-        }
-        if wrote > 0 {
+        if wrote > 1 {
+            // Busy: poll again shortly instead of parking, so senders never pay a wake-up.
             thread::sleep(FLUSH_INTERVAL);
             continue;
         }
-        // Idle: park until the next record (one wake-up, then polling again while busy).
-        // A reopen request is served when that record arrives.
+        // Quiet: park until the next record (one wake-up, then polling again while busy).
         match rx.recv() {
-            Ok(rec) => {
-                if let Err(e) = rec.write_line(&mut out) {
-                    report(&mut failing, &e);
-                }
-            }
-            Err(_) => {
-                let _ = out.flush();
-                return;
-            }
+            Ok(rec) => waiting = Some(rec),
+            Err(_) => return,
         }
     }
 }

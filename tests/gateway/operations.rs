@@ -227,6 +227,29 @@ fn an_upgrade_with_a_config_the_binary_refuses_keeps_the_old_process() {
     );
     assert!(!gw.exited());
     assert_eq!(gw.get("/api/x").status, 200);
+
+    // Valid for `-t`, but the successor cannot start (its access log cannot be opened): it
+    // must fail before the sockets are handed over, and the old process keeps serving.
+    gw.write_config(
+        "  access_log: /nonexistent-dir/access.log\n",
+        &routes(&b, ""),
+    );
+    gw.signal("USR2");
+    assert!(
+        wait_until(Duration::from_secs(15), || gw
+            .log()
+            .contains("the successor exited at start")),
+        "{}",
+        gw.log()
+    );
+    assert!(!gw.exited());
+    let load = LoadGen::start(gw.addr, "/api/x", 2);
+    // A hand-over would end this process after Pingora's fixed 5 s wait plus grace_period:
+    // watch past that, under load.
+    assert!(!wait_until(Duration::from_secs(7), || gw.exited()));
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.ok > 100, "{report:?}");
 }
 
 #[test]
@@ -470,8 +493,28 @@ fn the_access_log_has_one_json_line_per_request() {
         }),
         "{lines:?}"
     );
-    let _ = std::fs::remove_file(&path);
     assert_eq!(lines.len(), 3, "{lines:?}");
+    // Rotation: the file is moved away, SIGHUP (config unchanged), the next line goes to a
+    // new file at the configured path.
+    let rotated = path.with_extension("log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    gw.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .metric("portcullis_config_reloads_total", &[("result", "ok")])
+        == 1.0));
+    let after = gw.get("/api/after-rotation");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&path)
+            .is_ok_and(|t| t.contains(after.header("x-request-id").unwrap()))),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap().lines().count(),
+        3
+    );
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&rotated);
     let parsed: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
