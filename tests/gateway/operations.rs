@@ -200,6 +200,7 @@ fn a_binary_upgrade_hands_over_without_a_failed_request_or_refused_connection() 
     let report = load.stop();
     assert_eq!(report.failed, 0, "{report:?}\n{}", gw.log());
     assert!(report.connections > 40, "{report:?}");
+    eprintln!("upgrade under load: {report:?}");
     // The admin listener moved too.
     assert_eq!(get(gw.admin, "/healthz").unwrap().status, 200);
 

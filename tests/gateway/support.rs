@@ -526,6 +526,8 @@ pub struct LoadReport {
     pub ok: usize,
     pub failed: usize,
     pub connections: usize,
+    /// Requests retried after the keep-alive race (see `LoadGen`).
+    pub retried: usize,
     pub errors: Vec<String>,
 }
 
@@ -569,10 +571,17 @@ impl LoadGen {
             total.ok += r.ok;
             total.failed += r.failed;
             total.connections += r.connections;
+            total.retried += r.retried;
             total.errors.extend(r.errors);
         }
         total
     }
+}
+
+/// A reused connection closed under a request before any byte of the answer.
+fn keep_alive_race(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), UnexpectedEof | ConnectionReset | BrokenPipe)
 }
 
 fn load_client(addr: SocketAddr, path: &str, stop: &AtomicBool, ok: &AtomicUsize) -> LoadReport {
@@ -580,7 +589,7 @@ fn load_client(addr: SocketAddr, path: &str, stop: &AtomicBool, ok: &AtomicUsize
     let raw = format!("GET {path} HTTP/1.1\r\nHost: load.test\r\n\r\n");
     let mut report = LoadReport::default();
     let mut conn: Option<(Conn, usize)> = None;
-    let mut fail = |report: &mut LoadReport, e: String| {
+    let fail = |report: &mut LoadReport, e: String| {
         report.failed += 1;
         if report.errors.len() < 10 {
             report.errors.push(e);
@@ -602,11 +611,8 @@ fn load_client(addr: SocketAddr, path: &str, stop: &AtomicBool, ok: &AtomicUsize
         };
         let mut c = c;
         let answer = match c.request(&raw) {
-            Err(e)
-                if used > 0 && e.kind() == std::io::ErrorKind::UnexpectedEof
-                    || used > 0 && e.kind() == std::io::ErrorKind::ConnectionReset
-                    || used > 0 && e.kind() == std::io::ErrorKind::BrokenPipe =>
-            {
+            Err(e) if used > 0 && keep_alive_race(&e) => {
+                report.retried += 1;
                 // The keep-alive race: retry once on a fresh connection.
                 match Conn::open(addr) {
                     Ok(fresh) => {
