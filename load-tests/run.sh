@@ -33,6 +33,8 @@
 #                       target/release/examples/mint_token (built with `cargo build --release
 #                       --example mint_token` if that default path is missing and NO_BUILD!=1;
 #                       an explicit path must exist)
+#   ACCESS_LOG=         portcullis server.access_log (off, stdout or a file path; default: unset,
+#                       i.e. off)
 #   PIN_CPUS=0          1 = taskset: upstream + wrk on CPU 0, the proxy under test on CPU 1
 #   RESULT_FILE=        write a markdown snippet with the results to this path
 #   RESULT_JSON=        write the results as JSON to this path
@@ -499,6 +501,7 @@ server:
   upgrade_sock: $TMP/portcullis-upgrade.sock
   grace_period: 1s
   graceful_shutdown_timeout: 1s
+${ACCESS_LOG:+  access_log: $ACCESS_LOG}
 upstreams:
   bench:
     backends: ["127.0.0.1:$UPSTREAM_PORT"]
