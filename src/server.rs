@@ -70,8 +70,9 @@ fn fail_start(e: impl std::fmt::Display) -> ! {
 
 /// Builds and runs the server; returns only on a start-up failure.
 pub fn run(cfg: Config, config_path: PathBuf, flags: ProcessFlags) -> ! {
-    // Reloads and upgrades re-read the file after a daemon has moved to /.
-    let config_path = std::fs::canonicalize(&config_path).unwrap_or(config_path);
+    // Reloads and upgrades re-read the file after a daemon has moved to /. Absolute, but
+    // symlinks are not resolved: a repointed link (a mounted ConfigMap) is followed.
+    let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
     let conf = server_conf(&cfg, flags);
     let opt = Opt {
         upgrade: flags.upgrade,

@@ -97,7 +97,17 @@ impl Metrics {
         .expect("valid metric definition");
         r.register(Box::new(access_log_dropped.clone()))
             .expect("metric registered once");
+        let reloads = counter_vec(
+            &r,
+            "portcullis_config_reloads_total",
+            "Config reloads, by result (ok or error).",
+            &["result"],
+        );
+        // Both series exist from the start, so `increase()` sees the first reload.
+        reloads.with_label_values(&["ok"]);
+        reloads.with_label_values(&["error"]);
         Metrics {
+            reloads,
             requests: counter_vec(
                 &r,
                 "portcullis_requests_total",
@@ -150,12 +160,6 @@ impl Metrics {
                 &["reason"],
             ),
             access_log_dropped,
-            reloads: counter_vec(
-                &r,
-                "portcullis_config_reloads_total",
-                "Config reloads, by result (ok or error).",
-                &["result"],
-            ),
             registry: r,
         }
     }
