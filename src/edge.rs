@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
+use http_desync_guardian::request_analyzer::HttpRequestData;
+use http_desync_guardian::RequestSafetyTier;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
@@ -65,18 +67,32 @@ pub enum Head {
     Refuse(ErrorCode),
 }
 
-/// Checks a buffer for a complete request head. `Ok(true)`: complete.
+/// Checks a buffer for a complete request head. `Ok(true)`: complete, well-formed and
+/// unambiguously framed.
 pub fn check_head(buf: &[u8], max_bytes: usize) -> Result<bool, ErrorCode> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) if n > max_bytes => Err(ErrorCode::HeadersTooLarge),
-        Ok(httparse::Status::Complete(_)) => Ok(true),
+        Ok(httparse::Status::Complete(n)) => match framing_tier(&buf[..n]) {
+            RequestSafetyTier::Compliant | RequestSafetyTier::Acceptable => Ok(true),
+            RequestSafetyTier::Ambiguous | RequestSafetyTier::Severe => Err(ErrorCode::BadRequest),
+        },
         Ok(httparse::Status::Partial) if buf.len() > max_bytes => Err(ErrorCode::HeadersTooLarge),
         Ok(httparse::Status::Partial) => Ok(false),
         Err(httparse::Error::TooManyHeaders) => Err(ErrorCode::HeadersTooLarge),
         Err(_) => Err(ErrorCode::BadRequest),
     }
+}
+
+/// How a request head rates for request smuggling (HTTP desync), by the rules of AWS's
+/// http_desync_guardian (what ALB applies): `Severe` (two Content-Lengths, a list in one,
+/// control characters in the target, a broken Transfer-Encoding...) and `Ambiguous` (TE with
+/// CL, a body on GET/HEAD, look-alike framing header names...) heads are refused, since an
+/// upstream might cut the stream into requests differently than Pingora does. The raw bytes
+/// are analysed, not httparse's reading of them: the point is what *another* parser could see.
+pub fn framing_tier(head: &[u8]) -> RequestSafetyTier {
+    HttpRequestData::analyze_raw_request(head).tier
 }
 
 /// The app Pingora runs per accepted connection.
@@ -158,8 +174,10 @@ where
                 }
                 Head::Refuse(code) => {
                     metrics().edge_refusal(code.as_str());
-                    let answer =
-                        GatewayError::new(code).to_http1(new_request_id().to_str().unwrap_or(""));
+                    let answer = GatewayError::new(code).to_http1(
+                        new_request_id().to_str().unwrap_or(""),
+                        buf.starts_with(b"HEAD "),
+                    );
                     // Best effort: the client may already be gone.
                     let _ = stream.write_all(&answer).await;
                     let _ = stream.flush().await;

@@ -140,7 +140,9 @@ impl GatewayError {
     }
 
     /// The whole answer as HTTP/1.1 bytes, for the edge, which writes before Pingora has a session.
-    pub fn to_http1(&self, request_id: &str) -> Vec<u8> {
+    /// The whole answer as HTTP/1.1 bytes, closing the connection; `head_only` (the request
+    /// was a HEAD) leaves the body out but keeps its Content-Length.
+    pub fn to_http1(&self, request_id: &str, head_only: bool) -> Vec<u8> {
         let body = self.body(request_id);
         let status = self.code.status();
         let mut out = format!(
@@ -151,7 +153,9 @@ impl GatewayError {
             request_id
         )
         .into_bytes();
-        out.extend_from_slice(&body);
+        if !head_only {
+            out.extend_from_slice(&body);
+        }
         out
     }
 }
@@ -172,10 +176,13 @@ mod tests {
     #[test]
     fn raw_http1_answer_parses() {
         let e = GatewayError::new(ErrorCode::HeadersTooLarge);
-        let raw = String::from_utf8(e.to_http1("id1")).unwrap();
+        let raw = String::from_utf8(e.to_http1("id1", false)).unwrap();
         assert!(raw.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("content-length: {}", body.len())));
         assert!(head.contains("connection: close"));
+        // A HEAD gets the same head, and nothing after it.
+        let head_only = String::from_utf8(e.to_http1("id1", true)).unwrap();
+        assert_eq!(head_only, format!("{head}\r\n\r\n"));
     }
 }

@@ -7,6 +7,7 @@ mod aggregate;
 mod auth;
 mod balancing;
 mod cli;
+mod desync;
 mod errors;
 mod health;
 mod hygiene;
