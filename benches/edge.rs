@@ -14,9 +14,10 @@ X-Request-Id: 0123456789abcdef0123\r\n\
 Connection: keep-alive\r\n\r\n";
 
 fn bench(c: &mut Criterion) {
-    c.bench_function("check_head (httparse + desync classifier), 480-byte head", |b| {
-        b.iter(|| check_head(black_box(HEAD), 65536))
-    });
+    c.bench_function(
+        "check_head (httparse + desync classifier), 480-byte head",
+        |b| b.iter(|| check_head(black_box(HEAD), 65536)),
+    );
     c.bench_function("framing_tier (desync classifier alone)", |b| {
         b.iter(|| framing_tier(black_box(HEAD)))
     });

@@ -80,6 +80,53 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     rebuild(bytes).map(Cow::Owned)
 }
 
+/// Rounds of decoding [`check_decoded`] looks through (`%252e` is two).
+const DECODE_ROUNDS: usize = 3;
+
+/// What an upstream that decodes the path (once, or again and again) would see must not
+/// climb either: `..%2F`, `..%5C`, `%252e%252e` and overlong UTF-8 (`%C0%AE`) are refused
+/// here, where the router is, rather than left to whichever service receives them. Encoded
+/// slashes elsewhere (`a%2Fb`, an id) stay allowed and are forwarded as they are.
+fn check_decoded(path: &[u8]) -> Result<(), PathError> {
+    let mut cur = path.to_vec();
+    for _ in 0..DECODE_ROUNDS {
+        if !cur.contains(&b'%') {
+            break;
+        }
+        let mut next = Vec::with_capacity(cur.len());
+        let mut i = 0;
+        while i < cur.len() {
+            match (
+                cur[i],
+                cur.get(i + 1).copied().and_then(hex),
+                cur.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(hi), Some(lo)) => {
+                    next.push(hi << 4 | lo);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    next.push(b);
+                    i += 1;
+                }
+            }
+        }
+        cur = next;
+        // Overlong and other invalid UTF-8 only ever serves to hide a byte from a filter.
+        if std::str::from_utf8(&cur).is_err() {
+            return Err(PathError::InvalidByte);
+        }
+        let climbs = cur
+            .split(|&b| b == b'/' || b == b'\\')
+            .map(|seg| seg.split(|&b| b == b';').next().unwrap_or(seg))
+            .any(|seg| seg == b"." || seg == b"..");
+        if climbs {
+            return Err(PathError::Traversal);
+        }
+    }
+    Ok(())
+}
+
 fn rebuild(bytes: &[u8]) -> Result<String, PathError> {
     // Pass 1: escapes. Decoding an unreserved byte can only create one of -._~ or an
     // alphanumeric, so no new '/' or '%' appears.
@@ -146,6 +193,9 @@ fn rebuild(bytes: &[u8]) -> Result<String, PathError> {
     if path.is_empty() {
         path.push(b'/');
     }
+    if path.contains(&b'%') {
+        check_decoded(&path)?;
+    }
     // Every byte came from is_path_byte input or ASCII hex digits.
     String::from_utf8(path).map_err(|_| PathError::InvalidByte)
 }
@@ -170,6 +220,37 @@ mod tests {
         ] {
             assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(_))), "{p}");
         }
+    }
+
+    #[test]
+    fn what_a_decoding_upstream_would_see_must_not_climb_either() {
+        for p in [
+            "/public/..%2fadmin",
+            "/public/..%2Fadmin",
+            "/public/..%5cadmin",
+            "/public/%2e%2e%2fadmin",
+            "/public/%252e%252e/admin",
+            "/public/%25252e%25252e/admin",
+            "/public/x%2f..%2f..%2fadmin",
+            "/public/..%3b/admin",
+        ] {
+            assert_eq!(norm(p), Err(PathError::Traversal), "{p}");
+        }
+        for p in [
+            "/public/%c0%ae%c0%ae/admin",
+            "/a/%c0%af",
+            "/a/%e0%80%ae",
+            "/a/%ff",
+        ] {
+            assert_eq!(norm(p), Err(PathError::InvalidByte), "{p}");
+        }
+        // Unreserved escapes are decoded before routing: this is /admin, and routes as /admin.
+        assert_eq!(norm("/public/.%2e/admin").unwrap(), "/admin");
+        // Encoded slashes and other escapes that hide nothing stay allowed.
+        assert_eq!(norm("/files/a%2fb%2fc").unwrap(), "/files/a%2Fb%2Fc");
+        assert_eq!(norm("/q/%25").unwrap(), "/q/%25");
+        assert_eq!(norm("/name/%c3%a9").unwrap(), "/name/%C3%A9");
+        assert_eq!(norm("/a/..b%2f").unwrap(), "/a/..b%2F");
     }
 
     #[test]

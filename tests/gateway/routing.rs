@@ -153,3 +153,124 @@ fn dot_segments_and_encoded_tricks() {
         }
     }
 }
+
+/// Fully percent-decodes a path (repeatedly), as the most credulous upstream would.
+fn credulous_decode(path: &str) -> String {
+    let mut cur = path.to_string();
+    for _ in 0..4 {
+        let bytes = cur.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (
+                bytes[i],
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        cur = String::from_utf8_lossy(&out).replace('\\', "/");
+    }
+    // Resolve dot segments and parameters the way a lenient server would.
+    let mut segs: Vec<&str> = Vec::new();
+    for seg in cur.split('/') {
+        match seg.split(';').next().unwrap_or(seg) {
+            "" | "." => {}
+            ".." => {
+                segs.pop();
+            }
+            s => segs.push(s),
+        }
+    }
+    format!("/{}", segs.join("/")).to_ascii_lowercase()
+}
+
+/// No spelling of a protected path reaches the (shared) upstream without the protected
+/// route's auth and limit: every answer is checked, and so is every path the upstream saw.
+#[test]
+fn no_spelling_reaches_a_protected_route_around_its_auth_or_limit() {
+    let b = TestBackend::start("shared");
+    let dir = temp_dir("confusion");
+    std::fs::write(dir.join("hs.key"), [b'k'; 32]).unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+auth:
+  jwt: {{ algorithms: [HS256], secrets: [ {{ file: {key} }} ] }}
+rate_limits:
+  once: {{ key: route, limit: 1, window: 60s }}
+upstreams:
+  pool: {{ backends: ["{b}"] }}
+routes:
+  - {{ name: admin, match: {{ path_prefix: /admin }}, upstream: pool }}
+  - {{ name: limited, match: {{ path_prefix: /limited }}, upstream: pool, auth: none, rate_limit: [once] }}
+  - {{ name: public, match: {{ path_prefix: /public }}, upstream: pool, auth: none }}
+"#,
+        key = dir.join("hs.key").display(),
+        b = b.addr
+    ));
+    // The one request the limit allows, spent up front.
+    assert_eq!(gw.get("/limited/x").status, 200);
+    let cases: &[(&str, u16)] = &[
+        ("/admin/users", 401),
+        ("/public/../admin/users", 401),
+        ("/public/%2e%2e/admin/users", 401),
+        ("/public/%2E%2e/admin", 401),
+        ("/public/.%2e/admin", 401),
+        ("//admin//users", 401),
+        ("/public;x=1/../admin", 401),
+        ("/public/;/../../admin", 401),
+        ("/%61dmin", 401),
+        ("/%61%64%6D%69%6E/users", 401),
+        ("/public/%252e%252e/admin", 400),
+        ("/public/%25252e%25252e/admin", 400),
+        ("/public/..%2fadmin", 400),
+        ("/public/..%2Fadmin", 400),
+        ("/public/..%5cadmin", 400),
+        ("/public/..;/admin", 400),
+        ("/public\\..\\admin", 400),
+        ("/public/%c0%ae%c0%ae/admin", 400),
+        ("/public/%e0%80%ae%e0%80%ae/admin", 400),
+        ("/public/..%c0%afadmin", 400),
+        ("/ADMIN/users", 404),
+        ("/Admin", 404),
+        ("/admin;jsessionid=1", 404),
+        ("/public/../limited/x", 429),
+        ("/public/%2e%2e/limited", 429),
+        ("//limited", 429),
+        ("/%6cimited/x", 429),
+        ("/public/ok", 200),
+        ("/public/a%2fb", 200),
+    ];
+    let mut forwarded = 1;
+    for (raw, want) in cases {
+        let r = gw.send(&format!(
+            "GET {raw} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        ));
+        assert_eq!(
+            r.status,
+            *want,
+            "{raw}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        if r.status == 200 {
+            forwarded += 1;
+            let seen = r.json()["path"].as_str().unwrap().to_string();
+            let resolved = credulous_decode(&seen);
+            assert!(
+                !resolved.starts_with("/admin") && !resolved.starts_with("/limited"),
+                "{raw} reached the upstream as {seen} ({resolved})"
+            );
+        }
+    }
+    // Nothing else was forwarded behind the gateway's back.
+    assert_eq!(b.requests(), forwarded);
+}
