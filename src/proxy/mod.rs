@@ -440,6 +440,14 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if headers::header_bytes(upstream_response) > headers::MAX_UPSTREAM_HEADER_BYTES {
+            // Refused before anything reaches the client; the connection is not reused.
+            ctx.failure = Some(GatewayError::with_message(
+                ErrorCode::BadGateway,
+                "the upstream answered with oversized headers",
+            ));
+            return Error::e_explain(ErrorType::HTTPStatus(502), "upstream header too large");
+        }
         let id = ctx.request_id().clone();
         headers::prepare_response(upstream_response, &id);
         self.add_rate_headers(ctx, upstream_response)?;

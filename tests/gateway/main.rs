@@ -9,6 +9,7 @@ mod balancing;
 mod cli;
 mod desync;
 mod errors;
+mod faults;
 mod health;
 mod hygiene;
 mod limits;
