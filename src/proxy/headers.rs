@@ -191,6 +191,18 @@ fn remove_hop_by_hop(msg: &mut impl EditHeaders, keep_upgrade: bool) {
     }
 }
 
+/// Most header bytes an upstream answer may carry (Pingora itself allows about 1 MiB): a
+/// broken or hostile backend cannot make the gateway relay a huge head to every client.
+pub const MAX_UPSTREAM_HEADER_BYTES: usize = 64 * 1024;
+
+/// The size of a response head's fields, as sent (name, ": ", value, CRLF).
+pub fn header_bytes(resp: &ResponseHeader) -> usize {
+    resp.headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,16 +261,4 @@ mod tests {
         assert_eq!(req.headers["upgrade"], "websocket");
         assert_eq!(req.headers["connection"], "Upgrade");
     }
-}
-
-/// Most header bytes an upstream answer may carry (Pingora itself allows about 1 MiB): a
-/// broken or hostile backend cannot make the gateway relay a huge head to every client.
-pub const MAX_UPSTREAM_HEADER_BYTES: usize = 64 * 1024;
-
-/// The size of a response head's fields, as sent (name, ": ", value, CRLF).
-pub fn header_bytes(resp: &ResponseHeader) -> usize {
-    resp.headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum()
 }

@@ -306,8 +306,17 @@ fn exchange(addr: SocketAddr, bytes: &[u8], head_only: bool) -> (u16, bool) {
     }
     // Closed: EOF (or a reset) right after the answer, within the read timeout. Only asked of
     // refusals: a kept-alive connection would make this read wait for the whole timeout.
-    let closed =
-        status == 400 && buf.len() == need && matches!(stream.read(&mut chunk), Ok(0) | Err(_));
+    let closed = status == 400
+        && buf.len() == need
+        && match stream.read(&mut chunk) {
+            Ok(0) => true,
+            // A read timeout is a connection left open, not a closed one.
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            Ok(_) => false,
+        };
     (status, closed)
 }
 
