@@ -10,6 +10,7 @@
 //! then it hands the bytes it read to a Pingora session as its first input, so nothing is
 //! parsed from the socket twice, and counts `keepalive_requests` per connection.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ pub struct EdgeLimits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub keepalive_requests: u32,
+    pub max_connections: usize,
 }
 
 impl EdgeLimits {
@@ -50,7 +52,17 @@ impl EdgeLimits {
             header_timeout: s.request_header_timeout,
             idle_timeout: s.idle_timeout,
             keepalive_requests: s.keepalive_requests,
+            max_connections: s.max_connections,
         }
+    }
+}
+
+/// Counts a client connection as open for as long as it lives.
+struct OpenConnection<'a>(&'a AtomicUsize);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -101,6 +113,8 @@ pub struct EdgeApp<A> {
     /// The limits are read from the current runtime when a connection is accepted, so a
     /// reload applies to new connections.
     shared: Arc<SharedRuntime>,
+    /// Client connections open now, for `max_connections`.
+    open: AtomicUsize,
 }
 
 impl<A> EdgeApp<A> {
@@ -108,8 +122,18 @@ impl<A> EdgeApp<A> {
         EdgeApp {
             proxy: Arc::new(proxy),
             shared,
+            open: AtomicUsize::new(0),
         }
     }
+}
+
+/// Writes a refusal the edge makes itself, then closes.
+async fn refuse(stream: &mut Stream, err: &GatewayError, head_only: bool) {
+    let answer = err.to_http1(new_request_id().to_str().unwrap_or(""), head_only);
+    // Best effort: the client may already be gone.
+    let _ = stream.write_all(&answer).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
 }
 
 /// Reads one request head into `buf`. The first request's deadline runs from accept;
@@ -161,6 +185,22 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let limits = EdgeLimits::from_config(&self.shared.load().server);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        let _open = OpenConnection(&self.open);
+        if open > limits.max_connections {
+            // Refused before reading anything: admitted connections keep their share.
+            metrics().edge_refusal("max_connections");
+            let mut err = GatewayError::with_message(
+                ErrorCode::ServiceUnavailable,
+                "the gateway has too many open connections; retry later",
+            );
+            err.headers.push((
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            ));
+            refuse(&mut stream, &err, false).await;
+            return None;
+        }
         let idle_secs = limits.idle_timeout.as_secs().max(1);
         let mut served: u32 = 0;
         loop {
@@ -174,14 +214,12 @@ where
                 }
                 Head::Refuse(code) => {
                     metrics().edge_refusal(code.as_str());
-                    let answer = GatewayError::new(code).to_http1(
-                        new_request_id().to_str().unwrap_or(""),
+                    refuse(
+                        &mut stream,
+                        &GatewayError::new(code),
                         buf.starts_with(b"HEAD "),
-                    );
-                    // Best effort: the client may already be gone.
-                    let _ = stream.write_all(&answer).await;
-                    let _ = stream.flush().await;
-                    let _ = stream.shutdown().await;
+                    )
+                    .await;
                     return None;
                 }
             }

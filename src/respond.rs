@@ -21,6 +21,8 @@ pub enum ErrorCode {
     BadGateway,
     GatewayTimeout,
     ServiceUnavailable,
+    /// The request body did not arrive in time (an addition to the contract's codes).
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -37,6 +39,7 @@ impl ErrorCode {
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -53,6 +56,7 @@ impl ErrorCode {
             ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::GatewayTimeout => "gateway_timeout",
             ErrorCode::ServiceUnavailable => "service_unavailable",
+            ErrorCode::RequestTimeout => "request_timeout",
         }
     }
 
@@ -70,6 +74,7 @@ impl ErrorCode {
             ErrorCode::BadGateway => "the upstream could not be reached or answered badly",
             ErrorCode::GatewayTimeout => "the upstream did not answer in time",
             ErrorCode::ServiceUnavailable => "no healthy backend is available",
+            ErrorCode::RequestTimeout => "the request body did not arrive in time",
         }
     }
 }
@@ -139,20 +144,27 @@ impl GatewayError {
         resp
     }
 
-    /// The whole answer as HTTP/1.1 bytes, for the edge, which writes before Pingora has a session.
-    /// The whole answer as HTTP/1.1 bytes, closing the connection; `head_only` (the request
-    /// was a HEAD) leaves the body out but keeps its Content-Length.
+    /// The whole answer as HTTP/1.1 bytes, for the edge, which writes before Pingora has a
+    /// session; it closes the connection. `head_only` (the request was a HEAD) leaves the body
+    /// out but keeps its Content-Length.
     pub fn to_http1(&self, request_id: &str, head_only: bool) -> Vec<u8> {
         let body = self.body(request_id);
         let status = self.code.status();
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
             body.len(),
             request_id
         )
         .into_bytes();
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
         if !head_only {
             out.extend_from_slice(&body);
         }

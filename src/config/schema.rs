@@ -45,6 +45,12 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub keepalive_requests: u32,
     pub access_log: AccessLogTarget,
+    /// Client connections open at once; beyond: 503 and close.
+    pub max_connections: usize,
+    /// The whole request body must arrive within this after the head (408).
+    pub request_body_timeout: Duration,
+    /// A client that takes longer than this to accept a write of the response is cut off.
+    pub response_write_timeout: Duration,
 }
 
 /// `server.access_log`: where the one-JSON-line-per-request log goes.
@@ -72,6 +78,9 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             keepalive_requests: 10_000,
             access_log: AccessLogTarget::Off,
+            max_connections: 100_000,
+            request_body_timeout: Duration::from_secs(30),
+            response_write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -279,6 +288,9 @@ fn read_server(r: &mut Reader, path: &str, value: &Value) -> ServerConfig {
             "idle_timeout",
             "keepalive_requests",
             "access_log",
+            "max_connections",
+            "request_body_timeout",
+            "response_write_timeout",
         ],
     ) else {
         return s;
@@ -338,6 +350,18 @@ fn read_server(r: &mut Reader, path: &str, value: &Value) -> ServerConfig {
     set(
         &mut s.keepalive_requests,
         int(r, &t, path, "keepalive_requests", 1, u32::MAX as u64).map(|n| n as u32),
+    );
+    set(
+        &mut s.max_connections,
+        int(r, &t, path, "max_connections", 1, 10_000_000).map(|n| n as usize),
+    );
+    set(
+        &mut s.request_body_timeout,
+        dur(r, &t, path, "request_body_timeout"),
+    );
+    set(
+        &mut s.response_write_timeout,
+        dur(r, &t, path, "response_write_timeout"),
     );
     if let Some(v) = t.get("access_log") {
         let p = key_path(path, "access_log");

@@ -172,6 +172,10 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let runtime = ctx.runtime.clone();
+        // Slow clients: each body read waits at most request_body_timeout (and the whole body
+        // gets that long, see request_body_filter); each response write response_write_timeout.
+        session.set_read_timeout(Some(runtime.server.request_body_timeout));
+        session.set_write_timeout(Some(runtime.server.response_write_timeout));
         let p = match plan::plan(&runtime, session.req_header()) {
             Ok(p) => p,
             Err(e) => {
@@ -246,6 +250,14 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if body.is_some() && ctx.started.elapsed() > ctx.runtime.server.request_body_timeout {
+            // A client trickling its body just fast enough to beat the per-read timeout.
+            ctx.failure = Some(GatewayError::new(ErrorCode::RequestTimeout));
+            return Error::e_explain(
+                ErrorType::HTTPStatus(408),
+                "request body slower than request_body_timeout",
+            );
+        }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > ctx.runtime.server.max_request_body_bytes {
@@ -559,13 +571,15 @@ pub fn classify(e: &Error) -> Option<GatewayError> {
     use ErrorType::*;
     let code = match e.etype() {
         HTTPStatus(413) => ErrorCode::PayloadTooLarge,
+        HTTPStatus(408) => ErrorCode::RequestTimeout,
         HTTPStatus(503) => ErrorCode::ServiceUnavailable,
         HTTPStatus(504) => ErrorCode::GatewayTimeout,
         HTTPStatus(400) => ErrorCode::BadRequest,
         HTTPStatus(_) => ErrorCode::BadGateway,
         _ => match e.esource() {
             ErrorSource::Downstream => match e.etype() {
-                ReadError | WriteError | ConnectionClosed => return None,
+                ReadError | WriteError | ConnectionClosed | WriteTimedout => return None,
+                ReadTimedout => ErrorCode::RequestTimeout,
                 _ => ErrorCode::BadRequest,
             },
             _ => match e.etype() {

@@ -11,6 +11,7 @@ mod desync;
 mod errors;
 mod faults;
 mod health;
+mod hostile;
 mod hygiene;
 mod limits;
 mod operations;
