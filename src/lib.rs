@@ -13,6 +13,8 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod edge;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod lifecycle;
 pub mod observability;
 pub mod proxy;
