@@ -27,5 +27,9 @@ fn corpora_and_saved_crashes_replay_without_a_panic() {
             }
         }
     }
-    assert!(replayed >= 10, "only {replayed} inputs found under {}", root.display());
+    assert!(
+        replayed >= 10,
+        "only {replayed} inputs found under {}",
+        root.display()
+    );
 }

@@ -174,7 +174,10 @@ impl ProxyHttp for Gateway {
         let runtime = ctx.runtime.clone();
         // Slow clients: each body read waits at most request_body_timeout (and the whole body
         // gets that long, see request_body_filter); each response write response_write_timeout.
-        session.set_read_timeout(Some(runtime.server.request_body_timeout));
+        // An upgraded connection (WebSocket) is a long-lived tunnel, not a body: no deadline.
+        if !session.is_upgrade_req() {
+            session.set_read_timeout(Some(runtime.server.request_body_timeout));
+        }
         session.set_write_timeout(Some(runtime.server.response_write_timeout));
         let p = match plan::plan(&runtime, session.req_header()) {
             Ok(p) => p,
@@ -245,12 +248,15 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if body.is_some() && ctx.started.elapsed() > ctx.runtime.server.request_body_timeout {
+        if body.is_some()
+            && ctx.started.elapsed() > ctx.runtime.server.request_body_timeout
+            && !session.is_upgrade_req()
+        {
             // A client trickling its body just fast enough to beat the per-read timeout.
             ctx.failure = Some(GatewayError::new(ErrorCode::RequestTimeout));
             return Error::e_explain(
@@ -522,6 +528,15 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        // The upstream timed out waiting while the client was still sending its body: the
+        // client was slow, not the upstream.
+        if e.esource() == &ErrorSource::Upstream
+            && matches!(e.etype(), ErrorType::ReadTimedout)
+            && !session.as_mut().is_body_done()
+            && ctx.failure.is_none()
+        {
+            ctx.failure = Some(GatewayError::new(ErrorCode::RequestTimeout));
+        }
         let Some(err) = ctx.failure.take().or_else(|| classify(e)) else {
             // The client is gone; there is nobody to answer.
             return FailToProxy {

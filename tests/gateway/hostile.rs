@@ -203,3 +203,93 @@ fn connections_beyond_max_connections_get_503_and_admitted_ones_keep_working() {
         ) >= 1.0
     );
 }
+
+#[test]
+fn a_stalled_body_is_the_clients_fault_even_when_the_upstream_times_out_first() {
+    let b = TestBackend::start("b");
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  pool: {{ backends: [\"{}\"], read_timeout: 1s }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: pool }}\n",
+        b.addr
+    ));
+    let mut c = Conn::open(gw.addr).unwrap();
+    c.stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    // request_body_timeout is 30 s by default; the upstream gives up after 1 s of waiting
+    // for a body the client never sends: that is a slow client (408), not a slow upstream.
+    c.read_response()
+        .unwrap()
+        .assert_error(408, "request_timeout");
+}
+
+/// An upstream that switches protocols and then echoes every byte back.
+fn echo_upgrade_server() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                );
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_upgraded_connection_outlives_the_request_body_timeout() {
+    let up = echo_upgrade_server();
+    let gw = Gateway::start_with(
+        "  request_body_timeout: 1s\n",
+        &format!(
+            "upstreams:\n  ws: {{ backends: [\"{up}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path_prefix: / }}, upstream: ws }}\n"
+        ),
+    );
+    let mut c = TcpStream::connect(gw.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        b"GET /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "closed during the upgrade");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // Messages for three times the body timeout, each echoed.
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        let msg = format!("message {i}\n");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("tunnel cut after {:?}: {e}", start.elapsed()));
+        assert_eq!(got, msg.as_bytes());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
