@@ -14,8 +14,11 @@ use crate::auth::token::{has_unknown_kid, verify, TokenPolicy};
 use crate::config::{HmacSecret, JwtAlgorithm, SecretSource};
 use crate::routing::{normalize_path, Lookup, Router};
 
+/// A target's body: arbitrary bytes in, a panic on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its fuzz binary and corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("path_routing", path_routing),
     ("jwt", jwt),
