@@ -175,7 +175,7 @@ impl ProxyHttp for Gateway {
         // Slow clients: each body read waits at most request_body_timeout (and the whole body
         // gets that long, see request_body_filter); each response write response_write_timeout.
         // An upgraded connection (WebSocket) is a long-lived tunnel, not a body: no deadline.
-        if !session.is_upgrade_req() {
+        if !is_tunnel_request(session) {
             session.set_read_timeout(Some(runtime.server.request_body_timeout));
         }
         session.set_write_timeout(Some(runtime.server.response_write_timeout));
@@ -255,7 +255,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if body.is_some()
             && ctx.started.elapsed() > ctx.runtime.server.request_body_timeout
-            && !session.is_upgrade_req()
+            && !is_tunnel_request(session)
         {
             // A client trickling its body just fast enough to beat the per-read timeout.
             ctx.failure = Some(GatewayError::new(ErrorCode::RequestTimeout));
@@ -555,6 +555,12 @@ impl ProxyHttp for Gateway {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// A protocol upgrade (WebSocket): a GET, which the edge only admits without a body, so what
+/// follows it is the tunnel, never a request body that escapes the body deadline.
+fn is_tunnel_request(session: &Session) -> bool {
+    session.req_header().method == http::Method::GET && session.is_upgrade_req()
 }
 
 /// A CORS preflight asks whether a request may be made; it does not spend the budget.

@@ -96,6 +96,7 @@ routes:
     assert!(wait_until(Duration::from_secs(5), || gw.get("/api").status == 503));
     b.set_healthy(true);
     assert_eq!(remaining(&gw), 999);
+    let connections = b.accepted();
 
     gw.write_config("", &config(500));
     gw.signal("HUP");
@@ -105,6 +106,11 @@ routes:
     // The changed policy counts afresh; the unchanged cluster kept its health verdict.
     assert_eq!(remaining(&gw), 499);
     gw.get("/api").assert_error(503, "service_unavailable");
+    // ... and its pooled upstream connection: no new connection (nor a new health check).
+    for _ in 0..5 {
+        remaining(&gw);
+    }
+    assert_eq!(b.accepted(), connections);
 }
 
 #[test]
