@@ -13,15 +13,21 @@ use crate::runtime::SharedRuntime;
 
 pub struct AdminApp {
     shared: Arc<SharedRuntime>,
+    /// One scrape at a time: the backend health gauges are reset and refilled per scrape.
+    scrape: std::sync::Mutex<()>,
 }
 
 impl AdminApp {
     pub fn new(shared: Arc<SharedRuntime>) -> Self {
-        AdminApp { shared }
+        AdminApp {
+            shared,
+            scrape: std::sync::Mutex::new(()),
+        }
     }
 
     /// The metrics exposition, with backend health taken now.
     pub fn metrics_text(&self) -> Vec<u8> {
+        let _one_scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         let runtime = self.shared.load();
         metrics().set_backend_health(runtime.clusters.iter().flat_map(|c| {
             c.backend_health()

@@ -187,18 +187,8 @@ impl Control {
         if let Some(log) = &self.access_log {
             log.reopen();
         }
-        let cfg: Config = config::load(&self.config_path).map_err(|errors| {
-            let mut msg = format!(
-                "{}: {} problem(s):",
-                self.config_path.display(),
-                errors.0.len()
-            );
-            for issue in &errors.0 {
-                msg.push_str("\n  ");
-                msg.push_str(&issue.to_string());
-            }
-            msg
-        })?;
+        let cfg: Config =
+            config::load(&self.config_path).map_err(|errors| errors.report(&self.config_path))?;
         let previous = self.shared.load_full();
         let auth = match (&cfg.jwt, &previous.auth) {
             (None, _) => None,
@@ -248,6 +238,8 @@ impl Control {
         let check = tokio::time::timeout(
             SUCCESSOR_START_TIMEOUT,
             tokio::process::Command::new(exe)
+                // A check that overruns its deadline is not left running.
+                .kill_on_drop(true)
                 .arg("-t")
                 .arg("-c")
                 .arg(&self.config_path)

@@ -87,10 +87,7 @@ fn main() -> ExitCode {
     let cfg = match portcullis::config::load(&path) {
         Ok(c) => c,
         Err(errors) => {
-            eprintln!("{}: {} problem(s):", path.display(), errors.0.len());
-            for issue in &errors.0 {
-                eprintln!("  {issue}");
-            }
+            eprintln!("{}", errors.report(&path));
             return ExitCode::from(1);
         }
     };

@@ -51,11 +51,7 @@ impl SubClient {
                 Ok(s) => s,
                 Err(e) => {
                     timed_out = matches!(e.etype(), ErrorType::ConnectTimedout);
-                    cluster.metrics.failure(if timed_out {
-                        "connect_timeout"
-                    } else {
-                        "connect_refused"
-                    });
+                    cluster.metrics.failure(crate::upstream::failure_reason(&e));
                     if let Some(a) = addr {
                         tried.push(a);
                         cluster.report_connect_failure(&a);

@@ -30,6 +30,19 @@ impl fmt::Display for ConfigIssue {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigIssue>);
 
+impl ConfigErrors {
+    /// `FILE: N problem(s):` and one indented line per problem, as `-t` and a refused reload
+    /// print them.
+    pub fn report(&self, file: &std::path::Path) -> String {
+        let mut out = format!("{}: {} problem(s):", file.display(), self.0.len());
+        for issue in &self.0 {
+            out.push_str("\n  ");
+            out.push_str(&issue.to_string());
+        }
+        out
+    }
+}
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, issue) in self.0.iter().enumerate() {

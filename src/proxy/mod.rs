@@ -60,6 +60,8 @@ pub struct RequestCtx {
     upstream_target: Option<String>,
     /// Backends this request failed to connect to.
     tried: Vec<SocketAddr>,
+    /// Upstream attempts so far; every one after the first is a retry.
+    attempts: u32,
     connect_retries: u32,
     /// Whether the last failed connect timed out (504) rather than was refused (502).
     connect_timed_out: bool,
@@ -152,6 +154,7 @@ impl ProxyHttp for Gateway {
             route: None,
             upstream_target: None,
             tried: Vec::new(),
+            attempts: 0,
             connect_retries: 0,
             connect_timed_out: false,
             body_bytes: 0,
@@ -285,8 +288,7 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
-        let runtime = ctx.runtime.clone();
-        let Some(cluster) = runtime.cluster_for(route) else {
+        let Some(cluster) = ctx.runtime.cluster_for(route) else {
             return Error::e_explain(
                 ErrorType::InternalError,
                 "a composite route has no upstream",
@@ -317,6 +319,11 @@ impl ProxyHttp for Gateway {
         match cluster.select(key, &ctx.tried) {
             Ok(peer) => {
                 cluster.metrics.attempts.inc();
+                ctx.attempts += 1;
+                if ctx.attempts > 1 {
+                    // Counted here, where a retry really happens (Pingora may stop short).
+                    cluster.metrics.retries.inc();
+                }
                 ctx.backend = peer.address().as_inet().copied();
                 Ok(Box::new(peer))
             }
@@ -346,8 +353,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let Some(route) = ctx.route else { return e };
-        let runtime = ctx.runtime.clone();
-        let Some(cluster) = runtime.cluster_for(route) else {
+        let Some(cluster) = ctx.runtime.cluster_for(route) else {
             return e;
         };
         cluster.metrics.failure(failure_reason(&e));
@@ -359,7 +365,6 @@ impl ProxyHttp for Gateway {
         // Nothing was sent, so any method may go to another backend.
         if ctx.connect_retries < cluster.retries {
             ctx.connect_retries += 1;
-            cluster.metrics.retries.inc();
             e.set_retry(true);
         }
         e
@@ -374,8 +379,7 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer {peer}"));
-        let runtime = ctx.runtime.clone();
-        let cluster = ctx.route.and_then(|r| runtime.cluster_for(r));
+        let cluster = ctx.route.and_then(|r| ctx.runtime.cluster_for(r));
         if let (Some(cluster), ErrorSource::Upstream) = (cluster, e.esource()) {
             cluster.metrics.failure(failure_reason(&e));
         }
@@ -389,9 +393,6 @@ impl ProxyHttp for Gateway {
         // A pooled connection the backend had already closed: Pingora's own rule.
         e.retry.decide_reuse(client_reused);
         if e.retry() {
-            if let Some(cluster) = cluster {
-                cluster.metrics.retries.inc();
-            }
             return e;
         }
         // The backend dropped the connection before answering (it crashed or was killed):
@@ -408,7 +409,6 @@ impl ProxyHttp for Gateway {
                     cluster.report_connect_failure(addr);
                 }
                 ctx.connect_retries += 1;
-                cluster.metrics.retries.inc();
                 e.set_retry(true);
             }
         }

@@ -291,11 +291,13 @@ rate_limits:
 upstreams:
   pool: { backends: ["BACKEND"], health_check: { kind: http, path: /health, interval: 100ms, timeout: 150ms, unhealthy_threshold: 1 } }
   dead: { backends: ["DEAD"], retries: 0 }
+  half: { backends: ["DEAD", "BACKEND"], retries: 1 }
 routes:
   - { name: api, match: { path_prefix: /api }, upstream: pool, auth: none }
   - { name: limited, match: { path_prefix: /limited }, upstream: pool, auth: none, rate_limit: [two] }
   - { name: secure, match: { path_prefix: /secure }, upstream: pool }
   - { name: broken, match: { path_prefix: /broken }, upstream: dead, auth: none }
+  - { name: half, match: { path_prefix: /half }, upstream: half, auth: none }
   - name: combo
     match: { path: /combo }
     auth: none
@@ -338,8 +340,26 @@ fn metrics_count_a_scripted_mix_of_requests() {
     );
     assert_eq!(gw.get("/broken").status, 502);
     assert_eq!(gw.get("/combo").status, 200);
+    // One of the two meets the dead backend first and is retried on the live one; the other
+    // goes to the live one directly (round robin, then the dead one is passively ejected).
+    assert_eq!(gw.get("/half/1").status, 200);
+    assert_eq!(gw.get("/half/2").status, 200);
 
     let text = gw.metrics();
+    let half = |name: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![("upstream", "half")];
+        labels.extend_from_slice(extra);
+        metric_value(&text, name, &labels)
+    };
+    assert_eq!(half("portcullis_upstream_attempts_total", &[]), 3.0);
+    assert_eq!(half("portcullis_upstream_retries_total", &[]), 1.0);
+    assert_eq!(
+        half(
+            "portcullis_upstream_failures_total",
+            &[("reason", "connect_refused")]
+        ),
+        1.0
+    );
     parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let m = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
     let requests = "portcullis_requests_total";
