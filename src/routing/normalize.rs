@@ -80,6 +80,29 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     rebuild(bytes).map(Cow::Owned)
 }
 
+/// Decodes every well-formed `%XX` escape; any other byte, a lone `%` included, stays as it is.
+pub fn percent_decode_bytes(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match (
+            input[i],
+            input.get(i + 1).copied().and_then(hex),
+            input.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Rounds of decoding [`check_decoded`] looks through (`%252e` is two).
 const DECODE_ROUNDS: usize = 3;
 
@@ -88,30 +111,12 @@ const DECODE_ROUNDS: usize = 3;
 /// here, where the router is, rather than left to whichever service receives them. Encoded
 /// slashes elsewhere (`a%2Fb`, an id) stay allowed and are forwarded as they are.
 fn check_decoded(path: &[u8]) -> Result<(), PathError> {
-    let mut cur = path.to_vec();
+    let mut cur = Cow::Borrowed(path);
     for _ in 0..DECODE_ROUNDS {
         if !cur.contains(&b'%') {
             break;
         }
-        let mut next = Vec::with_capacity(cur.len());
-        let mut i = 0;
-        while i < cur.len() {
-            match (
-                cur[i],
-                cur.get(i + 1).copied().and_then(hex),
-                cur.get(i + 2).copied().and_then(hex),
-            ) {
-                (b'%', Some(hi), Some(lo)) => {
-                    next.push(hi << 4 | lo);
-                    i += 3;
-                }
-                (b, _, _) => {
-                    next.push(b);
-                    i += 1;
-                }
-            }
-        }
-        cur = next;
+        cur = Cow::Owned(percent_decode_bytes(&cur));
         // Overlong and other invalid UTF-8 only ever serves to hide a byte from a filter.
         if std::str::from_utf8(&cur).is_err() {
             return Err(PathError::InvalidByte);
