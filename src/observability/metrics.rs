@@ -9,6 +9,7 @@
 use std::sync::OnceLock;
 
 use http::Method;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -51,52 +52,60 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+/// Registers a metric built from constants (so neither step can fail) and returns it.
+fn registered<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    built: prometheus::Result<C>,
+) -> C {
+    let c = built.expect("valid metric definition");
     registry
         .register(Box::new(c.clone()))
         .expect("metric registered once");
     c
 }
 
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "portcullis_request_duration_seconds",
-                "Time from request header to the end of the response, by route.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route"],
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(latency.clone()))
-            .expect("metric registered once");
-        let in_flight = IntGauge::new(
-            "portcullis_requests_in_flight",
-            "Requests being served right now.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(in_flight.clone()))
-            .expect("metric registered once");
-        let backend_healthy = IntGaugeVec::new(
-            Opts::new(
-                "portcullis_backend_healthy",
-                "1 when the active health check admits the backend, else 0.",
+        let latency = registered(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "portcullis_request_duration_seconds",
+                    "Time from request header to the end of the response, by route.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"],
             ),
-            &["upstream", "backend"],
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(backend_healthy.clone()))
-            .expect("metric registered once");
-        let access_log_dropped = IntCounter::new(
-            "portcullis_access_log_dropped_total",
-            "Access log lines dropped because the writer fell behind.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(access_log_dropped.clone()))
-            .expect("metric registered once");
+        );
+        let in_flight = registered(
+            &r,
+            IntGauge::new(
+                "portcullis_requests_in_flight",
+                "Requests being served right now.",
+            ),
+        );
+        let backend_healthy = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_backend_healthy",
+                    "1 when the active health check admits the backend, else 0.",
+                ),
+                &["upstream", "backend"],
+            ),
+        );
+        let access_log_dropped = registered(
+            &r,
+            IntCounter::new(
+                "portcullis_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind.",
+            ),
+        );
         let reloads = counter_vec(
             &r,
             "portcullis_config_reloads_total",
