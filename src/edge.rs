@@ -23,11 +23,13 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_timeout::fast_timeout::fast_timeout;
+use std::pin::Pin;
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::config::ServerConfig;
 use crate::observability::metrics;
+use crate::proxy::h1::{LeanProxy, Served};
 use crate::proxy::headers::new_request_id;
 use crate::respond::{ErrorCode, GatewayError};
 use crate::runtime::SharedRuntime;
@@ -43,6 +45,8 @@ pub struct EdgeLimits {
     pub idle_timeout: Duration,
     pub keepalive_requests: u32,
     pub max_connections: usize,
+    /// First allocation for a request head (grown as needed up to `max_header_bytes`).
+    pub head_buffer_bytes: usize,
 }
 
 impl EdgeLimits {
@@ -53,6 +57,7 @@ impl EdgeLimits {
             idle_timeout: s.idle_timeout,
             keepalive_requests: s.keepalive_requests,
             max_connections: s.max_connections,
+            head_buffer_bytes: s.request_head_buffer_bytes,
         }
     }
 }
@@ -69,8 +74,9 @@ impl Drop for OpenConnection<'_> {
 /// What reading one request head came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Head {
-    /// A complete, well-formed head (and maybe the start of the body) is in the buffer.
-    Complete,
+    /// A complete, well-formed head (and maybe the start of the body) is in the buffer;
+    /// `compliant`: RFC-clean, not only acceptable (see [`framing_tier`]).
+    Complete { compliant: bool },
     /// The connection closed, or sat idle, before a request began: close quietly.
     Gone,
     /// The head did not complete within the deadline: close.
@@ -79,19 +85,20 @@ pub enum Head {
     Refuse(ErrorCode),
 }
 
-/// Checks a buffer for a complete request head. `Ok(true)`: complete, well-formed and
-/// unambiguously framed.
-pub fn check_head(buf: &[u8], max_bytes: usize) -> Result<bool, ErrorCode> {
+/// Checks a buffer for a complete request head. `Ok(Some(compliant))`: complete,
+/// well-formed and unambiguously framed; `Ok(None)`: not complete yet.
+pub fn check_head(buf: &[u8], max_bytes: usize) -> Result<Option<bool>, ErrorCode> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) if n > max_bytes => Err(ErrorCode::HeadersTooLarge),
         Ok(httparse::Status::Complete(n)) => match framing_tier(&buf[..n]) {
-            RequestSafetyTier::Compliant | RequestSafetyTier::Acceptable => Ok(true),
+            RequestSafetyTier::Compliant => Ok(Some(true)),
+            RequestSafetyTier::Acceptable => Ok(Some(false)),
             RequestSafetyTier::Ambiguous | RequestSafetyTier::Severe => Err(ErrorCode::BadRequest),
         },
         Ok(httparse::Status::Partial) if buf.len() > max_bytes => Err(ErrorCode::HeadersTooLarge),
-        Ok(httparse::Status::Partial) => Ok(false),
+        Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(ErrorCode::HeadersTooLarge),
         Err(_) => Err(ErrorCode::BadRequest),
     }
@@ -110,6 +117,8 @@ pub fn framing_tier(head: &[u8]) -> RequestSafetyTier {
 /// The app Pingora runs per accepted connection.
 pub struct EdgeApp<A> {
     proxy: Arc<A>,
+    /// Serves the common request itself; hands the rest to `proxy`.
+    lean: LeanProxy,
     /// The limits are read from the current runtime when a connection is accepted, so a
     /// reload applies to new connections.
     shared: Arc<SharedRuntime>,
@@ -118,9 +127,10 @@ pub struct EdgeApp<A> {
 }
 
 impl<A> EdgeApp<A> {
-    pub fn new(proxy: A, shared: Arc<SharedRuntime>) -> Self {
+    pub fn new(proxy: A, lean: LeanProxy, shared: Arc<SharedRuntime>) -> Self {
         EdgeApp {
             proxy: Arc::new(proxy),
+            lean,
             shared,
             open: AtomicUsize::new(0),
         }
@@ -136,8 +146,31 @@ async fn refuse(stream: &mut Stream, err: &GatewayError, head_only: bool) {
     let _ = stream.shutdown().await;
 }
 
-/// Reads one request head into `buf`. The first request's deadline runs from accept;
-/// later ones wait up to `idle_timeout` for a first byte, then get the header deadline.
+/// Waits until the client sends something (or closes) without reading it: a zero-length
+/// read parks on the socket's readiness. An idle connection so holds no read buffer at all
+/// (what nginx does with keep-alive connections); the buffer is allocated when bytes arrive.
+async fn readable(stream: &mut Stream) -> std::io::Result<()> {
+    std::future::poll_fn(|cx| {
+        let mut nothing = ReadBuf::new(&mut []);
+        Pin::new(&mut *stream).poll_read(cx, &mut nothing)
+    })
+    .await
+}
+
+/// Polls a future once, without a waker to call: `None` if it would wait.
+fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Reads one request head into `buf`, which may already hold the start of it (bytes a
+/// client sent behind its previous request). The first request's deadline runs from
+/// accept; later ones wait up to `idle_timeout` for a first byte, then get the header
+/// deadline.
 async fn read_head(
     limits: &EdgeLimits,
     stream: &mut Stream,
@@ -145,19 +178,47 @@ async fn read_head(
     first: bool,
     shutdown: &ShutdownWatch,
 ) -> Head {
-    let mut deadline = first.then(|| Instant::now() + limits.header_timeout);
+    let mut deadline = (first || !buf.is_empty()).then(|| Instant::now() + limits.header_timeout);
     let mut shutdown = shutdown.clone();
     loop {
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(4096);
+        if !buf.is_empty() {
+            match check_head(buf, limits.max_header_bytes) {
+                Ok(Some(compliant)) => return Head::Complete { compliant },
+                Ok(None) => {}
+                Err(code) => return Head::Refuse(code),
+            }
         }
         let wait_until = deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
-        let read = tokio::select! {
-            biased;
+        let left = wait_until.saturating_duration_since(Instant::now());
+        let read = if buf.is_empty() {
+            // Nothing of a request yet: wait without a buffer, then read into a fresh one.
+            let waited = tokio::select! {
+                biased;
+                r = fast_timeout(left, readable(stream)) => r,
+                _ = shutdown.changed(), if deadline.is_none() => return Head::Gone,
+            };
+            match waited {
+                Ok(Ok(())) => {
+                    buf.reserve(limits.head_buffer_bytes);
+                    match poll_once(stream.read_buf(buf)) {
+                        Some(r) => Ok(r),
+                        // Woken without data after all: wait again, still without a buffer.
+                        None => {
+                            *buf = BytesMut::new();
+                            continue;
+                        }
+                    }
+                }
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(elapsed) => Err(elapsed),
+            }
+        } else {
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(4096);
+            }
             // Pingora's timer wheel: no timer at all when the bytes are already there, and
             // no runtime wake-up (an eventfd write per request) when there are none yet.
-            r = fast_timeout(wait_until.saturating_duration_since(Instant::now()), stream.read_buf(buf)) => r,
-            _ = shutdown.changed(), if deadline.is_none() => return Head::Gone,
+            fast_timeout(left, stream.read_buf(buf)).await
         };
         match read {
             Err(_) if deadline.is_none() => return Head::Gone,
@@ -166,11 +227,6 @@ async fn read_head(
             Ok(Ok(_)) => {}
         }
         deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
-        match check_head(buf, limits.max_header_bytes) {
-            Ok(true) => return Head::Complete,
-            Ok(false) => {}
-            Err(code) => return Head::Refuse(code),
-        }
     }
 }
 
@@ -202,35 +258,57 @@ where
             return None;
         }
         let idle_secs = limits.idle_timeout.as_secs().max(1);
+        // Once per connection (Pingora caches it in the digest; it costs a getpeername).
+        let client_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let mut served: u32 = 0;
+        // Empty while the connection idles: see `readable`.
+        let mut buf = BytesMut::new();
         loop {
-            let mut buf = BytesMut::with_capacity(4096);
-            match read_head(&limits, &mut stream, &mut buf, served == 0, shutdown).await {
-                Head::Complete => {}
-                Head::Gone => return None,
-                Head::TimedOut => {
-                    metrics().edge_refusal("header_timeout");
-                    return None;
-                }
-                Head::Refuse(code) => {
-                    metrics().edge_refusal(code.as_str());
-                    refuse(
-                        &mut stream,
-                        &GatewayError::new(code),
-                        buf.starts_with(b"HEAD "),
-                    )
-                    .await;
-                    return None;
-                }
-            }
+            let compliant =
+                match read_head(&limits, &mut stream, &mut buf, served == 0, shutdown).await {
+                    Head::Complete { compliant } => compliant,
+                    Head::Gone => return None,
+                    Head::TimedOut => {
+                        metrics().edge_refusal("header_timeout");
+                        return None;
+                    }
+                    Head::Refuse(code) => {
+                        metrics().edge_refusal(code.as_str());
+                        refuse(
+                            &mut stream,
+                            &GatewayError::new(code),
+                            buf.starts_with(b"HEAD "),
+                        )
+                        .await;
+                        return None;
+                    }
+                };
             served += 1;
-            let last = served >= limits.keepalive_requests || *shutdown.borrow();
+            // A head that is only acceptable (not RFC-clean) gets no second request behind it
+            // on this connection: bytes after it are dropped, never read as a request.
+            let last = served >= limits.keepalive_requests || *shutdown.borrow() || !compliant;
+            // The lean path's per-request state lives in its own allocation, only while a
+            // request is served: the connection's task stays small while it idles.
+            let lean = Box::pin(self.lean.serve(&mut stream, &mut buf, last, client_ip)).await;
+            match lean {
+                Served::KeepAlive => {
+                    if buf.is_empty() {
+                        // Give the buffer back while the connection idles.
+                        buf = BytesMut::new();
+                    }
+                    continue;
+                }
+                Served::Close => return None,
+                Served::Fallback => {}
+            }
             let mut session = ServerSession::new_http1(stream);
             // Pingora re-derives keep-alive from the request's own Connection header, so the
             // "this is the last one" decision goes through the reuse budget, which it keeps.
             session.set_keepalive(Some(idle_secs));
             session.set_keepalive_reuses_remaining(last.then_some(0));
-            session.set_pipelined_prefix(buf);
+            session.set_pipelined_prefix(std::mem::take(&mut buf));
             let reused = self.proxy.process_new_http(session, shutdown).await?;
             if last {
                 return None;
@@ -254,13 +332,10 @@ mod tests {
     fn head_checks() {
         assert_eq!(
             check_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1024),
-            Ok(true)
+            Ok(Some(true))
         );
-        assert_eq!(
-            check_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 1024),
-            Ok(false)
-        );
-        assert_eq!(check_head(b"GET / HTTP/1.1\r\n", 1024), Ok(false));
+        assert_eq!(check_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 1024), Ok(None));
+        assert_eq!(check_head(b"GET / HTTP/1.1\r\n", 1024), Ok(None));
         assert_eq!(
             check_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 10),
             Err(ErrorCode::HeadersTooLarge)

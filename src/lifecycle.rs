@@ -117,6 +117,14 @@ pub fn settings_needing_upgrade(running: &ServerConfig, new: &ServerConfig) -> V
         running.graceful_shutdown_timeout == new.graceful_shutdown_timeout,
     );
     check("server.access_log", running.access_log == new.access_log);
+    check(
+        "server.connection_read_buffer_bytes",
+        running.connection_read_buffer_bytes == new.connection_read_buffer_bytes,
+    );
+    check(
+        "server.connection_write_buffer_bytes",
+        running.connection_write_buffer_bytes == new.connection_write_buffer_bytes,
+    );
     changed
 }
 

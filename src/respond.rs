@@ -148,17 +148,36 @@ impl GatewayError {
     /// session; it closes the connection. `head_only` (the request was a HEAD) leaves the body
     /// out but keeps its Content-Length.
     pub fn to_http1(&self, request_id: &str, head_only: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        self.write_http1(&mut out, request_id, head_only, true, &[]);
+        out
+    }
+
+    /// Appends the whole answer as HTTP/1.1 bytes to `out`, with `extra` headers (RateLimit-*)
+    /// and `Connection: close` when `close`.
+    pub fn write_http1(
+        &self,
+        out: &mut Vec<u8>,
+        request_id: &str,
+        head_only: bool,
+        close: bool,
+        extra: &[(header::HeaderName, HeaderValue)],
+    ) {
+        use std::io::Write;
         let body = self.body(request_id);
         let status = self.code.status();
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n",
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
             body.len(),
             request_id
-        )
-        .into_bytes();
-        for (name, value) in &self.headers {
+        );
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        for (name, value) in self.headers.iter().chain(extra) {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
@@ -168,7 +187,6 @@ impl GatewayError {
         if !head_only {
             out.extend_from_slice(&body);
         }
-        out
     }
 }
 

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -20,6 +22,7 @@ use crate::config::JwtConfig;
 use crate::edge::EdgeApp;
 use crate::lifecycle::{self, Control, Readiness, Signals};
 use crate::observability::AccessLog;
+use crate::proxy::h1::LeanProxy;
 use crate::proxy::Gateway;
 use crate::ratelimit::Sweeper;
 use crate::runtime::{Runtime, SharedRuntime};
@@ -105,10 +108,17 @@ pub fn run(cfg: Config, config_path: PathBuf, flags: ProcessFlags) -> ! {
         &server.configuration,
         Gateway::new(shared.clone(), access_log.clone()),
     );
-    let edge = EdgeApp::new(proxy, shared.clone());
+    let lean = LeanProxy::new(shared.clone(), access_log.clone());
+    let edge = EdgeApp::new(proxy, lean, shared.clone());
     let mut service = Service::new("portcullis".to_string(), edge);
+    // Pingora's default is a 64 KiB read buffer per client connection, allocated at accept
+    // and held while the connection idles; the edge reads heads into its own buffers.
+    let buffers = L4BufferSettings::new(
+        cfg.server.connection_read_buffer_bytes,
+        cfg.server.connection_write_buffer_bytes,
+    );
     for addr in &cfg.server.listen {
-        service.add_tcp(&addr.to_string());
+        service.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     server.add_service(service);
 

@@ -51,6 +51,12 @@ pub struct ServerConfig {
     pub request_body_timeout: Duration,
     /// A client that takes longer than this to accept a write of the response is cut off.
     pub response_write_timeout: Duration,
+    /// First allocation for a request head, made when a request's first bytes arrive.
+    pub request_head_buffer_bytes: usize,
+    /// Pingora's per-connection L4 read buffer (0: none).
+    pub connection_read_buffer_bytes: usize,
+    /// Pingora's per-connection L4 write buffer (0: none).
+    pub connection_write_buffer_bytes: usize,
 }
 
 /// `server.access_log`: where the one-JSON-line-per-request log goes.
@@ -81,6 +87,9 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             request_body_timeout: Duration::from_secs(30),
             response_write_timeout: Duration::from_secs(30),
+            request_head_buffer_bytes: 1024,
+            connection_read_buffer_bytes: 0,
+            connection_write_buffer_bytes: 0,
         }
     }
 }
@@ -291,6 +300,9 @@ fn read_server(r: &mut Reader, path: &str, value: &Value) -> ServerConfig {
             "max_connections",
             "request_body_timeout",
             "response_write_timeout",
+            "request_head_buffer_bytes",
+            "connection_read_buffer_bytes",
+            "connection_write_buffer_bytes",
         ],
     ) else {
         return s;
@@ -362,6 +374,18 @@ fn read_server(r: &mut Reader, path: &str, value: &Value) -> ServerConfig {
     set(
         &mut s.response_write_timeout,
         dur(r, &t, path, "response_write_timeout"),
+    );
+    set(
+        &mut s.request_head_buffer_bytes,
+        int(r, &t, path, "request_head_buffer_bytes", 64, 1 << 20).map(|n| n as usize),
+    );
+    set(
+        &mut s.connection_read_buffer_bytes,
+        int(r, &t, path, "connection_read_buffer_bytes", 0, 1 << 20).map(|n| n as usize),
+    );
+    set(
+        &mut s.connection_write_buffer_bytes,
+        int(r, &t, path, "connection_write_buffer_bytes", 0, 1 << 20).map(|n| n as usize),
     );
     if let Some(v) = t.get("access_log") {
         let p = key_path(path, "access_log");

@@ -27,7 +27,12 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// The client's X-Request-Id when it is a sane token, else a fresh one.
 pub fn request_id(req: &RequestHeader) -> HeaderValue {
-    match req.headers.get(X_REQUEST_ID) {
+    request_id_in(&req.headers)
+}
+
+/// [`request_id`] from a header map.
+pub fn request_id_in(headers: &http::HeaderMap) -> HeaderValue {
+    match headers.get(X_REQUEST_ID) {
         Some(v) if is_sane_id(v.as_bytes()) => v.clone(),
         _ => new_request_id(),
     }

@@ -1,9 +1,12 @@
 //! The `ProxyHttp` implementation: the conductor. Each phase asks a module for a decision and
 //! carries it out; only this module writes to the session.
 
+pub mod admit;
 mod composite;
+pub mod h1;
 pub mod headers;
 pub mod plan;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,12 +21,12 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::auth::Identity;
-use crate::config::{AuthMode, HashKey};
+use crate::config::HashKey;
 use crate::observability::metrics::NO_ROUTE;
 use crate::observability::{
     metrics, AccessLog, AccessRecord, AuthOutcome, RateOutcome, RouteMetrics,
 };
-use crate::ratelimit::{KeyParts, RouteVerdict};
+use crate::ratelimit::RouteVerdict;
 use crate::respond::{ErrorCode, GatewayError};
 use crate::routing::RouteId;
 use crate::runtime::{RouteTarget, Runtime, SharedRuntime};
@@ -193,53 +196,19 @@ impl ProxyHttp for Gateway {
         ctx.upstream_target = p.upstream_target;
         let params = p.params;
         let route = &runtime.routes[p.route];
-        if let (Some(auth), true) = (&runtime.auth, route.auth != AuthMode::None) {
-            let verdict = auth
-                .authenticate(
-                    &session.req_header().headers,
-                    route.auth,
-                    &route.required_scopes,
-                )
-                .await;
-            match verdict {
-                Ok(identity) => {
-                    ctx.auth = if identity.is_some() {
-                        AuthOutcome::Verified
-                    } else {
-                        AuthOutcome::Anonymous
-                    };
-                    ctx.identity = identity;
-                }
-                Err(rejection) => {
-                    log::debug!("auth refused: {}", rejection.reason());
-                    ctx.auth = AuthOutcome::Refused(rejection.reason());
-                    metrics().auth_failure(rejection.reason());
-                    self.respond(session, ctx, &rejection.to_error()).await?;
-                    return Ok(true);
-                }
-            }
-        }
-        if !route.rate_limit.is_empty() && !is_cors_preflight(session.req_header()) {
-            let parts = KeyParts {
-                client_ip: session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip()),
-                headers: &session.req_header().headers,
-                identity: ctx.identity.as_deref(),
-                route: &route.name,
-            };
-            ctx.rate_verdict = runtime
-                .rate_limits
-                .check_route(&route.rate_limit, &parts)
-                .await;
-            ctx.rate = RateOutcome::Allowed;
-            if ctx.rate_verdict.is_some_and(|v| !v.verdict.allowed) {
-                ctx.rate = RateOutcome::Limited;
-                self.respond(session, ctx, &GatewayError::new(ErrorCode::RateLimited))
-                    .await?;
-                return Ok(true);
-            }
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let req = session.req_header();
+        let admission = admit::admit(&runtime, route, &req.method, &req.headers, client_ip).await;
+        ctx.auth = admission.auth;
+        ctx.identity = admission.identity;
+        ctx.rate = admission.rate;
+        ctx.rate_verdict = admission.rate_verdict;
+        if let Some(refusal) = admission.refusal {
+            self.respond(session, ctx, &refusal).await?;
+            return Ok(true);
         }
         if let RouteTarget::Aggregate(aggregate) = &route.target {
             self.serve_composite(session, ctx, aggregate, params)
@@ -561,11 +530,6 @@ impl ProxyHttp for Gateway {
 /// follows it is the tunnel, never a request body that escapes the body deadline.
 fn is_tunnel_request(session: &Session) -> bool {
     session.req_header().method == http::Method::GET && session.is_upgrade_req()
-}
-
-/// A CORS preflight asks whether a request may be made; it does not spend the budget.
-fn is_cors_preflight(req: &RequestHeader) -> bool {
-    req.method == http::Method::OPTIONS && req.headers.contains_key("access-control-request-method")
 }
 
 /// The client IP's bytes, for hashing.

@@ -19,7 +19,18 @@ pub struct Plan {
 }
 
 pub fn plan(rt: &Runtime, req: &RequestHeader) -> Result<Plan, GatewayError> {
-    if let Some(len) = req.headers.get(header::CONTENT_LENGTH) {
+    plan_parts(rt, &req.method, &req.uri, &req.headers)
+}
+
+/// [`plan`] on the parts of a request, for the lean HTTP/1.1 conductor, which has no
+/// Pingora `RequestHeader`.
+pub fn plan_parts(
+    rt: &Runtime,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Result<Plan, GatewayError> {
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
         let len = len
             .to_str()
             .ok()
@@ -31,11 +42,11 @@ pub fn plan(rt: &Runtime, req: &RequestHeader) -> Result<Plan, GatewayError> {
             return Err(GatewayError::new(ErrorCode::PayloadTooLarge));
         }
     }
-    let raw_path = req.uri.path();
+    let raw_path = uri.path();
     let path = normalize_path(raw_path)
         .map_err(|e| GatewayError::with_message(ErrorCode::BadRequest, e.message()))?;
-    let host = request_host(req);
-    match rt.router.lookup(host, &req.method, &path) {
+    let host = host_of(uri, headers);
+    match rt.router.lookup(host, method, &path) {
         Lookup::Found { route, params } => {
             if matches!(rt.routes[route].target, RouteTarget::Aggregate(_)) {
                 let params = params
@@ -52,10 +63,10 @@ pub fn plan(rt: &Runtime, req: &RequestHeader) -> Result<Plan, GatewayError> {
                 Some(prefix) => strip_prefix(&path, prefix),
                 None => &path,
             };
-            let upstream_target = if forwarded == raw_path && req.uri.scheme().is_none() {
+            let upstream_target = if forwarded == raw_path && uri.scheme().is_none() {
                 None
             } else {
-                Some(match req.uri.query() {
+                Some(match uri.query() {
                     Some(q) => format!("{forwarded}?{q}"),
                     None => forwarded.to_string(),
                 })
@@ -79,10 +90,14 @@ pub fn plan(rt: &Runtime, req: &RequestHeader) -> Result<Plan, GatewayError> {
 
 /// The request's host without port: from an absolute-form target, else the Host header.
 pub fn request_host(req: &RequestHeader) -> Option<&str> {
-    if let Some(h) = req.uri.host() {
+    host_of(&req.uri, &req.headers)
+}
+
+fn host_of<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
+    if let Some(h) = uri.host() {
         return Some(h);
     }
-    let raw = req.headers.get(header::HOST)?.to_str().ok()?;
+    let raw = headers.get(header::HOST)?.to_str().ok()?;
     Some(strip_port(raw))
 }
 

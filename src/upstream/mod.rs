@@ -7,6 +7,7 @@
 //! a backend that dies between two health checks stops costing every request a connect.
 
 mod health;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,790 @@
+//! The lean HTTP/1.1 conductor: the common request (HTTP/1.1, no body, no upgrade, to a
+//! plain-TCP cluster) served straight from the edge's buffer, without a Pingora session.
+//!
+//! Why a second conductor: Pingora's HTTP/1 session and proxy state machine cost about three
+//! times nginx's user-space time per request (load-tests/RESULTS.md), most of it in generic
+//! work this request does not need (a request header rebuilt with a case map, per-phase
+//! boxing, body tasks and channels, a pool check by `getpeername`). Here one request is
+//! parsed once, one upstream head and one client head are written from the parsed bytes,
+//! and a small body goes back in the same write as its head.
+//!
+//! The decisions are the same modules as the Pingora conductor's (`plan`, `admit`,
+//! `Cluster::select`, the error contract), so both paths answer alike; what this path does
+//! not take (bodies, upgrades, `Expect`, HTTP/1.0, composite routes, TLS upstreams) it hands
+//! back untouched as [`Served::Fallback`], and the edge gives it to Pingora's session.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use pingora_core::protocols::Stream;
+use pingora_core::upstreams::peer::Peer;
+use pingora_timeout::fast_timeout::fast_timeout;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::admit::{admit, Admission};
+use super::headers::request_id_in;
+use super::plan::plan_parts;
+use super::wire::{self, Answering, BadResponse, ChunkedScanner, Forwarding, Framing};
+use crate::config::HashKey;
+use crate::observability::metrics::NO_ROUTE;
+use crate::observability::{
+    metrics, AccessLog, AccessRecord, AuthOutcome, RateOutcome, RouteMetrics,
+};
+use crate::respond::{ErrorCode, GatewayError};
+use crate::runtime::{RouteTarget, Runtime, SharedRuntime};
+use crate::upstream::{pool, Cluster, SelectError};
+
+/// Most header lines a request may carry (the edge refused more already).
+const MAX_HEADERS: usize = 128;
+
+/// Bytes read from an upstream at a time once its head is in.
+const BODY_CHUNK: usize = 16 * 1024;
+
+/// A response body up to this size goes to the client in the same write as its head.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// What serving one request came to, for the edge's connection loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Served {
+    /// Answered; the connection may carry another request (its bytes may be in the buffer).
+    KeepAlive,
+    /// Answered, or the client is gone: close the connection.
+    Close,
+    /// Not this path's request: the buffer is untouched, Pingora's session takes it.
+    Fallback,
+}
+
+/// The lean conductor, one per listening service.
+pub struct LeanProxy {
+    shared: Arc<SharedRuntime>,
+    access_log: Option<Arc<AccessLog>>,
+    unrouted: RouteMetrics,
+}
+
+/// What one request did, for the metrics and the access log.
+struct Exchange {
+    started: Instant,
+    route: Option<usize>,
+    backend: Option<SocketAddr>,
+    status: u16,
+    bytes_out: u64,
+    auth: AuthOutcome,
+    rate: RateOutcome,
+}
+
+/// How relaying a response ended.
+enum Relay {
+    /// All of it reached the client; whether the client connection may be reused.
+    Done { client_reusable: bool },
+    /// Cut off after the head went out: the client connection must close.
+    Broken,
+}
+
+/// Why no response head came from the upstream.
+enum HeadError {
+    /// The connection closed or failed before a single byte came back (retryable on a
+    /// fresh connection or another backend).
+    Lost,
+    /// Some bytes, then the connection ended: a broken answer.
+    Truncated,
+    Timeout,
+    Bad(BadResponse),
+    /// The client went away while the upstream worked.
+    ClientGone,
+}
+
+impl LeanProxy {
+    pub fn new(shared: Arc<SharedRuntime>, access_log: Option<Arc<AccessLog>>) -> Self {
+        LeanProxy {
+            shared,
+            access_log,
+            unrouted: metrics().route(NO_ROUTE),
+        }
+    }
+
+    /// Serves the request whose complete head starts `buf` (the edge checked it). On
+    /// `KeepAlive`, `buf` holds only what the client sent after that request.
+    pub async fn serve(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        last: bool,
+        client_ip: Option<IpAddr>,
+    ) -> Served {
+        let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut header_slots);
+        let head_len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            _ => return Served::Fallback,
+        };
+        if !wire::lean_eligible(&req) {
+            return Served::Fallback;
+        }
+        let Some(parts) = RequestParts::of(&req) else {
+            // Pingora's session gives the client its answer to a target or header the
+            // `http` crate refuses.
+            return Served::Fallback;
+        };
+        let rt = self.shared.load_full();
+        let plan = plan_parts(&rt, &parts.method, &parts.uri, &parts.headers);
+        if let Ok(p) = &plan {
+            match rt.routes[p.route].target {
+                RouteTarget::Aggregate(_) => return Served::Fallback,
+                RouteTarget::Proxy(i) if rt.clusters[i].config.tls => return Served::Fallback,
+                RouteTarget::Proxy(_) => {}
+            }
+        }
+        let _in_flight = InFlight::new();
+        let mut ex = Exchange {
+            started: Instant::now(),
+            route: None,
+            backend: None,
+            status: 0,
+            bytes_out: 0,
+            auth: AuthOutcome::NotChecked,
+            rate: RateOutcome::NotChecked,
+        };
+        let close = last || wire::wants_close(&req);
+        let head_request = parts.method == Method::HEAD;
+        let request_id = request_id_in(&parts.headers);
+        let id = request_id.as_bytes();
+
+        let outcome = match plan {
+            Err(e) => answer(stream, &rt, &mut ex, &e, id, head_request, close, &[]).await,
+            Ok(p) => {
+                ex.route = Some(p.route);
+                let route = &rt.routes[p.route];
+                let admission = admit(&rt, route, &parts.method, &parts.headers, client_ip).await;
+                ex.auth = admission.auth;
+                ex.rate = admission.rate;
+                let rate_headers = admission
+                    .rate_verdict
+                    .map(|v| rt.rate_limits.headers(&v))
+                    .unwrap_or_default();
+                if let Some(refusal) = &admission.refusal {
+                    answer(
+                        stream,
+                        &rt,
+                        &mut ex,
+                        refusal,
+                        id,
+                        head_request,
+                        close,
+                        &rate_headers,
+                    )
+                    .await
+                } else if let Some(cluster) = rt.cluster_for(p.route) {
+                    let identity: &[(HeaderName, HeaderValue)] = admission
+                        .identity
+                        .as_deref()
+                        .map_or(&[], |i| i.headers.as_slice());
+                    let reserved: Vec<HeaderName> = rt
+                        .auth
+                        .as_ref()
+                        .map(|a| a.identity_header_names().cloned().collect())
+                        .unwrap_or_default();
+                    let mut up_head = Vec::with_capacity(head_len + 192);
+                    wire::write_request_head(
+                        &mut up_head,
+                        &req,
+                        &Forwarding {
+                            target: p.upstream_target.as_deref(),
+                            client_ip,
+                            request_id: id,
+                            reserved: &reserved,
+                            identity,
+                        },
+                    );
+                    let key = hash_key(cluster, &parts.headers, &admission, client_ip);
+                    let ans = Answering {
+                        request_id: id,
+                        extra: &rate_headers,
+                        close,
+                        head_request,
+                    };
+                    let idempotent = parts.method.is_idempotent();
+                    match proxy(
+                        stream,
+                        buf,
+                        head_len,
+                        cluster,
+                        &key,
+                        &up_head,
+                        &ans,
+                        idempotent,
+                        rt.server.response_write_timeout,
+                        &mut ex,
+                    )
+                    .await
+                    {
+                        Ok(relay) => relay,
+                        Err(e) => {
+                            answer(
+                                stream,
+                                &rt,
+                                &mut ex,
+                                &e,
+                                id,
+                                head_request,
+                                close,
+                                &rate_headers,
+                            )
+                            .await
+                        }
+                    }
+                } else {
+                    // Composite routes were handed back above.
+                    let e = GatewayError::new(ErrorCode::BadGateway);
+                    answer(stream, &rt, &mut ex, &e, id, head_request, true, &[]).await
+                }
+            }
+        };
+        buf.advance(head_len.min(buf.len()));
+        self.log(&rt, &ex, &parts, &request_id, client_ip);
+        match outcome {
+            Relay::Done {
+                client_reusable: true,
+            } if !close => Served::KeepAlive,
+            _ => Served::Close,
+        }
+    }
+
+    fn log(
+        &self,
+        rt: &Runtime,
+        ex: &Exchange,
+        parts: &RequestParts,
+        request_id: &HeaderValue,
+        client_ip: Option<IpAddr>,
+    ) {
+        let elapsed = ex.started.elapsed();
+        let route = ex.route.and_then(|r| rt.routes.get(r));
+        match route {
+            Some(r) => r
+                .metrics
+                .observe(&parts.method, ex.status, elapsed.as_secs_f64()),
+            None => self
+                .unrouted
+                .observe(&parts.method, ex.status, elapsed.as_secs_f64()),
+        }
+        let Some(log) = &self.access_log else { return };
+        log.record(AccessRecord {
+            time: SystemTime::now(),
+            request_id: Some(request_id.clone()),
+            client: parts.client(client_ip),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            route: route.map(|r| r.name.clone()),
+            upstream: ex
+                .route
+                .and_then(|r| rt.cluster_for(r))
+                .map(|c| c.name.clone()),
+            backend: ex.backend,
+            status: ex.status,
+            duration: elapsed,
+            bytes_in: 0,
+            bytes_out: ex.bytes_out,
+            rate_limit: ex.rate,
+            auth: ex.auth,
+        });
+    }
+}
+
+/// The request as the shared decision modules read it.
+struct RequestParts {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl RequestParts {
+    fn of(req: &httparse::Request<'_, '_>) -> Option<RequestParts> {
+        let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
+        let uri = Uri::try_from(req.path?).ok()?;
+        let mut headers = HeaderMap::with_capacity(req.headers.len());
+        for h in req.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+            let value = HeaderValue::from_bytes(h.value).ok()?;
+            headers.append(name, value);
+        }
+        Some(RequestParts {
+            method,
+            uri,
+            headers,
+        })
+    }
+
+    fn client(&self, ip: Option<IpAddr>) -> Option<SocketAddr> {
+        ip.map(|ip| SocketAddr::new(ip, 0))
+    }
+}
+
+/// Counts a request in `portcullis_requests_in_flight` for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        metrics().in_flight().inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics().in_flight().dec();
+    }
+}
+
+/// The bytes a consistent-hash cluster hashes on.
+fn hash_key(
+    cluster: &Cluster,
+    headers: &HeaderMap,
+    admission: &Admission,
+    client_ip: Option<IpAddr>,
+) -> Vec<u8> {
+    let ip = || match client_ip {
+        Some(IpAddr::V4(v4)) => v4.octets().to_vec(),
+        Some(IpAddr::V6(v6)) => v6.octets().to_vec(),
+        None => Vec::new(),
+    };
+    match &cluster.hash_key {
+        HashKey::ClientIp => ip(),
+        HashKey::Header(name) => headers.get(name).map_or_else(ip, |v| v.as_bytes().to_vec()),
+        HashKey::Jwt(claim) => admission
+            .identity
+            .as_deref()
+            .and_then(|id| id.claim_bytes(claim.as_str()))
+            .map_or_else(ip, |v| v.into_owned()),
+    }
+}
+
+/// Writes an answer the gateway makes itself.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    stream: &mut Stream,
+    rt: &Runtime,
+    ex: &mut Exchange,
+    err: &GatewayError,
+    request_id: &[u8],
+    head_only: bool,
+    close: bool,
+    extra: &[(HeaderName, HeaderValue)],
+) -> Relay {
+    // After a malformed request, nothing more is read from the connection: what follows
+    // might be framed differently from how this request was understood.
+    let close = close || err.code == ErrorCode::BadRequest;
+    let mut out = Vec::with_capacity(384);
+    let id = std::str::from_utf8(request_id).unwrap_or("");
+    err.write_http1(&mut out, id, head_only, close, extra);
+    ex.status = err.code.status().as_u16();
+    match write_client(stream, &out, rt.server.response_write_timeout).await {
+        Ok(()) => Relay::Done {
+            client_reusable: !close,
+        },
+        Err(()) => Relay::Broken,
+    }
+}
+
+async fn write_client(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> Result<(), ()> {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    match fast_timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Connects to a backend. `Err(true)`: timed out.
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, bool> {
+    match fast_timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(_)) => Err(false),
+        Err(_) => Err(true),
+    }
+}
+
+/// Sends the request to a backend of `cluster`, with Pingora's retry rules (another backend
+/// after a failed connect, within `retries`; a fresh connection when a pooled one turns out
+/// closed), and relays the answer. `Err`: nothing reached the client; answer with this.
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    stream: &mut Stream,
+    client_buf: &mut BytesMut,
+    head_len: usize,
+    cluster: &Cluster,
+    key: &[u8],
+    up_head: &[u8],
+    ans: &Answering<'_>,
+    idempotent: bool,
+    write_timeout: Duration,
+    ex: &mut Exchange,
+) -> Result<Relay, GatewayError> {
+    let cfg = &cluster.config;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempts = 0u32;
+    let mut retries_used = 0u32;
+    let mut connect_timed_out = false;
+    let mut fresh_only = false;
+    let mut client_head = Vec::with_capacity(512);
+    let mut rbuf = BytesMut::new();
+    let (mut up, addr, head) = loop {
+        let peer = cluster.select(key, &tried).map_err(|e| match e {
+            SelectError::NoHealthyBackend => GatewayError::new(ErrorCode::ServiceUnavailable),
+            SelectError::AllTried if connect_timed_out => {
+                GatewayError::new(ErrorCode::GatewayTimeout)
+            }
+            SelectError::AllTried => GatewayError::new(ErrorCode::BadGateway),
+        })?;
+        let Some(&addr) = peer.address().as_inet() else {
+            return Err(GatewayError::new(ErrorCode::BadGateway));
+        };
+        cluster.metrics.attempts.inc();
+        attempts += 1;
+        if attempts > 1 {
+            cluster.metrics.retries.inc();
+        }
+        ex.backend = Some(addr);
+        let pooled = if fresh_only {
+            None
+        } else {
+            pool::checkout(addr, cfg.pool_idle_timeout)
+        };
+        let reused = pooled.is_some();
+        let mut up = match pooled {
+            Some(s) => s,
+            None => match connect(addr, cfg.connect_timeout).await {
+                Ok(s) => s,
+                Err(timed_out) => {
+                    cluster.metrics.failure(if timed_out {
+                        "connect_timeout"
+                    } else {
+                        "connect_refused"
+                    });
+                    connect_timed_out = timed_out;
+                    tried.push(addr);
+                    cluster.report_connect_failure(&addr);
+                    if retries_used < cluster.retries {
+                        retries_used += 1;
+                        continue;
+                    }
+                    return Err(GatewayError::new(if timed_out {
+                        ErrorCode::GatewayTimeout
+                    } else {
+                        ErrorCode::BadGateway
+                    }));
+                }
+            },
+        };
+        fresh_only = false;
+        rbuf.clear();
+        match exchange_head(
+            &mut up,
+            up_head,
+            &mut rbuf,
+            cfg.read_timeout,
+            ans,
+            &mut client_head,
+            stream,
+            client_buf,
+            head_len,
+        )
+        .await
+        {
+            Ok(head) => break (up, addr, head),
+            Err(HeadError::ClientGone) => {
+                // Nobody to answer; the upstream connection is dropped mid-exchange.
+                ex.status = 499;
+                return Ok(Relay::Broken);
+            }
+            Err(HeadError::Lost) => {
+                cluster.metrics.failure("connection_lost");
+                if !idempotent {
+                    return Err(GatewayError::new(ErrorCode::BadGateway));
+                }
+                if reused {
+                    // A pooled connection the backend had closed: Pingora's rule, again on
+                    // a fresh connection, outside the retry budget.
+                    fresh_only = true;
+                    continue;
+                }
+                // The backend dropped the connection before answering.
+                tried.push(addr);
+                cluster.report_connect_failure(&addr);
+                if retries_used < cluster.retries {
+                    retries_used += 1;
+                    continue;
+                }
+                return Err(GatewayError::new(ErrorCode::BadGateway));
+            }
+            Err(HeadError::Truncated) => {
+                cluster.metrics.failure("connection_lost");
+                return Err(GatewayError::new(ErrorCode::BadGateway));
+            }
+            Err(HeadError::Timeout) => {
+                cluster.metrics.failure("timeout");
+                return Err(GatewayError::new(ErrorCode::GatewayTimeout));
+            }
+            Err(HeadError::Bad(BadResponse::TooLarge)) => {
+                cluster.metrics.failure("bad_response");
+                return Err(GatewayError::with_message(
+                    ErrorCode::BadGateway,
+                    "the upstream answered with oversized headers",
+                ));
+            }
+            Err(HeadError::Bad(BadResponse::Malformed)) => {
+                cluster.metrics.failure("bad_response");
+                return Err(GatewayError::new(ErrorCode::BadGateway));
+            }
+        }
+    };
+    ex.status = head.status;
+    rbuf.advance(head.len);
+    let relay = relay_body(
+        &mut up,
+        stream,
+        &mut rbuf,
+        &mut client_head,
+        head.framing,
+        (cfg.read_timeout, write_timeout),
+        ex,
+        ans.close,
+    )
+    .await;
+    if let (Some(true), true) = (relay.upstream_clean, head.reusable) {
+        pool::checkin(addr, up);
+    }
+    Ok(relay.relay)
+}
+
+/// Sends the request head and reads the response head into `rbuf`, skipping 1xx answers;
+/// meanwhile watches the client, keeping what it sends (a pipelined request) in
+/// `client_buf` after the current head, up to the head limit.
+#[allow(clippy::too_many_arguments)]
+async fn exchange_head(
+    up: &mut TcpStream,
+    up_head: &[u8],
+    rbuf: &mut BytesMut,
+    read_timeout: Duration,
+    ans: &Answering<'_>,
+    client_head: &mut Vec<u8>,
+    client: &mut Stream,
+    client_buf: &mut BytesMut,
+    head_len: usize,
+) -> Result<wire::ResponseHead, HeadError> {
+    match fast_timeout(read_timeout, up.write_all(up_head)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(HeadError::Lost),
+        Err(_) => return Err(HeadError::Timeout),
+    }
+    let mut received = 0usize;
+    loop {
+        if rbuf.capacity() - rbuf.len() < 1024 {
+            rbuf.reserve(4096);
+        }
+        let read = tokio::select! {
+            biased;
+            r = fast_timeout(read_timeout, up.read_buf(rbuf)) => r,
+            () = client_gone(client, client_buf, head_len) => return Err(HeadError::ClientGone),
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) if received == 0 => return Err(HeadError::Lost),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Truncated),
+            Ok(Ok(n)) => received += n,
+            Err(_) => return Err(HeadError::Timeout),
+        }
+        loop {
+            match wire::parse_response(rbuf, ans, client_head) {
+                Ok(Some(head)) if (100..200).contains(&head.status) => {
+                    rbuf.advance(head.len);
+                }
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => break,
+                Err(bad) => return Err(HeadError::Bad(bad)),
+            }
+        }
+    }
+}
+
+/// Resolves when the client has closed (or failed); bytes it sends meanwhile are kept in
+/// `buf` behind the current request's head, as long as they fit in the head limit.
+async fn client_gone(client: &mut Stream, buf: &mut BytesMut, head_len: usize) {
+    // The edge bounds heads far below this; beyond it the client is just not watched.
+    const MAX_KEPT: usize = 64 * 1024;
+    loop {
+        if buf.len() >= head_len + MAX_KEPT {
+            std::future::pending::<()>().await;
+        }
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(2048);
+        }
+        match client.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+struct RelayOutcome {
+    relay: Relay,
+    /// `Some(true)`: the response ended exactly where its framing said, nothing followed.
+    upstream_clean: Option<bool>,
+}
+
+/// Relays the response body after its head (`client_head`), per its framing. Small bodies
+/// leave in the same write as the head.
+#[allow(clippy::too_many_arguments)]
+async fn relay_body(
+    up: &mut TcpStream,
+    client: &mut Stream,
+    rbuf: &mut BytesMut,
+    client_head: &mut Vec<u8>,
+    framing: Framing,
+    (read_timeout, write_timeout): (Duration, Duration),
+    ex: &mut Exchange,
+    close: bool,
+) -> RelayOutcome {
+    let broken = RelayOutcome {
+        relay: Relay::Broken,
+        upstream_clean: None,
+    };
+    let done = |clean: bool, client_reusable: bool| RelayOutcome {
+        relay: Relay::Done { client_reusable },
+        upstream_clean: Some(clean),
+    };
+    match framing {
+        Framing::Empty => {
+            if write_client(client, client_head, write_timeout)
+                .await
+                .is_err()
+            {
+                return broken;
+            }
+            done(rbuf.is_empty(), !close)
+        }
+        Framing::Length(total) => {
+            let mut left = total;
+            let first = usize::try_from(left).unwrap_or(usize::MAX).min(rbuf.len());
+            let excess = rbuf.len() > first;
+            if client_head.len() + first <= COALESCE_BYTES + 1024 {
+                client_head.extend_from_slice(&rbuf[..first]);
+                if write_client(client, client_head, write_timeout)
+                    .await
+                    .is_err()
+                {
+                    return broken;
+                }
+            } else if write_client(client, client_head, write_timeout)
+                .await
+                .is_err()
+                || write_client(client, &rbuf[..first], write_timeout)
+                    .await
+                    .is_err()
+            {
+                return broken;
+            }
+            left -= first as u64;
+            ex.bytes_out += first as u64;
+            while left > 0 {
+                rbuf.clear();
+                rbuf.reserve(BODY_CHUNK);
+                match fast_timeout(read_timeout, up.read_buf(rbuf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    // Ended early or stalled: the client sees a cut-off body and a close.
+                    _ => return broken,
+                }
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(rbuf.len());
+                if rbuf.len() > take {
+                    // More than the length said: never relayed, and never reused.
+                    if write_client(client, &rbuf[..take], write_timeout)
+                        .await
+                        .is_err()
+                    {
+                        return broken;
+                    }
+                    ex.bytes_out += take as u64;
+                    return done(false, !close);
+                }
+                if write_client(client, &rbuf[..take], write_timeout)
+                    .await
+                    .is_err()
+                {
+                    return broken;
+                }
+                left -= take as u64;
+                ex.bytes_out += take as u64;
+            }
+            done(!excess, !close)
+        }
+        Framing::Chunked => {
+            let mut scanner = ChunkedScanner::default();
+            let Ok(used) = scanner.scan(rbuf) else {
+                // As if the bad chunk had come later: the head goes out, then the cut.
+                let _ = write_client(client, client_head, write_timeout).await;
+                return broken;
+            };
+            let mut excess = scanner.is_done() && used < rbuf.len();
+            client_head.extend_from_slice(&rbuf[..used]);
+            if write_client(client, client_head, write_timeout)
+                .await
+                .is_err()
+            {
+                return broken;
+            }
+            ex.bytes_out += used as u64;
+            while !scanner.is_done() {
+                rbuf.clear();
+                rbuf.reserve(BODY_CHUNK);
+                match fast_timeout(read_timeout, up.read_buf(rbuf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return broken,
+                }
+                let Ok(used) = scanner.scan(rbuf) else {
+                    return broken;
+                };
+                excess = used < rbuf.len();
+                if write_client(client, &rbuf[..used], write_timeout)
+                    .await
+                    .is_err()
+                {
+                    return broken;
+                }
+                ex.bytes_out += used as u64;
+            }
+            done(!excess, !close)
+        }
+        Framing::UntilClose => {
+            client_head.extend_from_slice(rbuf);
+            ex.bytes_out += rbuf.len() as u64;
+            if write_client(client, client_head, write_timeout)
+                .await
+                .is_err()
+            {
+                return broken;
+            }
+            loop {
+                rbuf.clear();
+                rbuf.reserve(BODY_CHUNK);
+                match fast_timeout(read_timeout, up.read_buf(rbuf)).await {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(_)) => {}
+                    _ => return broken,
+                }
+                if write_client(client, rbuf, write_timeout).await.is_err() {
+                    return broken;
+                }
+                ex.bytes_out += rbuf.len() as u64;
+            }
+            // The body ended with the connection: so does the client's.
+            done(false, false)
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! HTTP/1.1 bytes for the lean conductor ([`super::h1`]), as pure functions: which requests
+//! it may take, the head it sends upstream, the head the client gets back, and where an
+//! upstream response body ends. No I/O here; the tests drive it with byte strings.
+//!
+//! The rules are the Pingora conductor's (see [`super::headers`]): hop-by-hop headers never
+//! cross, `X-Forwarded-*` and `X-Request-Id` are the gateway's, identity headers come from
+//! the gateway only. Framing is strict: a response the gateway cannot delimit without
+//! guessing (two different lengths, a length with chunked, an unknown coding) is a 502,
+//! never relayed, since a client or the next request on the connection would read it
+//! differently.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue};
+
+use super::headers::MAX_UPSTREAM_HEADER_BYTES;
+
+/// Most header lines a response may carry.
+const MAX_RESPONSE_HEADERS: usize = 128;
+
+/// Longest chunk-size line (size, extensions, CRLF) accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Most trailer bytes after the last chunk.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// Whether the lean path takes a request, from its parsed head. Anything with a body, an
+/// upgrade, an `Expect`, HTTP/1.0 keep-alive rules or `CONNECT` goes to Pingora's session.
+pub fn lean_eligible(req: &httparse::Request<'_, '_>) -> bool {
+    if req.version != Some(1) || req.method == Some("CONNECT") {
+        return false;
+    }
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+            || (name.eq_ignore_ascii_case(b"content-length") && h.value != b"0")
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether the client asked to close after this request (`Connection: close`).
+pub fn wants_close(req: &httparse::Request<'_, '_>) -> bool {
+    req.headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("connection") && has_token(h.value, b"close"))
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) and `Upgrade`: never forwarded in either direction.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 7] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"proxy-authorization",
+        b"upgrade",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Whether a header is named by one of the message's `Connection` headers (and so is
+/// hop-by-hop too).
+fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("connection") && has_token(h.value, name))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the gateway adds to a request it forwards.
+pub struct Forwarding<'a> {
+    /// Path and query to send; the client's target when `None`.
+    pub target: Option<&'a str>,
+    pub client_ip: Option<IpAddr>,
+    pub request_id: &'a [u8],
+    /// Names only the gateway may set (identity headers): client copies are dropped.
+    pub reserved: &'a [HeaderName],
+    /// The verified identity's headers.
+    pub identity: &'a [(HeaderName, HeaderValue)],
+}
+
+/// Writes the upstream request head for a request the lean path took.
+pub fn write_request_head(out: &mut Vec<u8>, req: &httparse::Request<'_, '_>, fwd: &Forwarding) {
+    out.clear();
+    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(fwd.target.unwrap_or(req.path.unwrap_or("/")).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for: Option<&[u8]> = None;
+    let mut host: Option<&[u8]> = None;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            if forwarded_for.is_none() && !h.value.trim_ascii().is_empty() {
+                forwarded_for = Some(h.value.trim_ascii());
+            }
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"host") && host.is_none() {
+            host = Some(h.value);
+        }
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || name.eq_ignore_ascii_case(b"x-forwarded-host")
+            || name.eq_ignore_ascii_case(b"x-request-id")
+            || fwd
+                .reserved
+                .iter()
+                .any(|r| name.eq_ignore_ascii_case(r.as_str().as_bytes()))
+            || named_by_connection(req.headers, name)
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    if let Some(ip) = fwd.client_ip {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prev) = forwarded_for {
+            out.extend_from_slice(prev);
+            out.extend_from_slice(b", ");
+        }
+        // An address never needs more than 45 bytes; written without a String.
+        use std::io::Write;
+        let _ = write!(out, "{ip}");
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    if let Some(h) = host {
+        push_header(out, b"x-forwarded-host", h);
+    }
+    push_header(out, b"x-request-id", fwd.request_id);
+    for (name, value) in fwd.identity {
+        push_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How an upstream response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes: the client connection closes after it too.
+    UntilClose,
+}
+
+/// A parsed upstream response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// Bytes of the head in the buffer; the body starts after.
+    pub len: usize,
+    pub framing: Framing,
+    /// The upstream may carry another request on this connection afterwards.
+    pub reusable: bool,
+}
+
+/// Why an upstream response head is refused (502).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadResponse {
+    /// Over [`MAX_UPSTREAM_HEADER_BYTES`] or too many header lines.
+    TooLarge,
+    /// Not HTTP/1.x, or framing the gateway refuses to guess at.
+    Malformed,
+}
+
+/// What the gateway adds to the response the client gets.
+pub struct Answering<'a> {
+    pub request_id: &'a [u8],
+    /// RateLimit-* headers.
+    pub extra: &'a [(HeaderName, HeaderValue)],
+    /// The client connection closes after this response.
+    pub close: bool,
+    /// The request was a HEAD: no body follows whatever the head says.
+    pub head_request: bool,
+}
+
+/// Parses an upstream response head in `buf` and, when complete, writes the client's head
+/// into `out`. `Ok(None)`: incomplete. Informational (1xx) answers come back as themselves
+/// with `Framing::Empty` and nothing in `out`: the caller skips them.
+pub fn parse_response(
+    buf: &[u8],
+    ans: &Answering,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, BadResponse> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_UPSTREAM_HEADER_BYTES => {
+            return Err(BadResponse::TooLarge)
+        }
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_UPSTREAM_HEADER_BYTES => {
+            return Err(BadResponse::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(BadResponse::TooLarge),
+        Err(_) => return Err(BadResponse::Malformed),
+    };
+    let status = resp.code.ok_or(BadResponse::Malformed)?;
+    if (100..200).contains(&status) {
+        // 101 is never asked for on this path; 100 and 103 are dropped (RFC 9110 15.2).
+        if status == 101 {
+            return Err(BadResponse::Malformed);
+        }
+        return Ok(Some(ResponseHead {
+            status,
+            len,
+            framing: Framing::Empty,
+            reusable: true,
+        }));
+    }
+    let mut reusable = resp.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(BadResponse::Malformed)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(BadResponse::Malformed);
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(BadResponse::Malformed);
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"connection") && has_token(h.value, b"close") {
+            reusable = false;
+        }
+    }
+    let framing = if ans.head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (length, chunked) {
+            (Some(_), true) => return Err(BadResponse::Malformed),
+            (Some(n), false) => Framing::Length(n),
+            (None, true) => Framing::Chunked,
+            (None, false) => {
+                reusable = false;
+                Framing::UntilClose
+            }
+        }
+    };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    use std::io::Write;
+    let _ = write!(out, "{status}");
+    out.push(b' ');
+    let reason = resp.reason.unwrap_or("");
+    if reason.is_empty() {
+        let canonical = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason());
+        out.extend_from_slice(canonical.unwrap_or("").as_bytes());
+    } else {
+        out.extend_from_slice(reason.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"x-request-id")
+            || named_by_connection(resp.headers, name)
+            || ans
+                .extra
+                .iter()
+                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    push_header(out, b"x-request-id", ans.request_id);
+    for (name, value) in ans.extra {
+        push_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if ans.close || framing == Framing::UntilClose {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseHead {
+        status,
+        len,
+        framing,
+        reusable,
+    }))
+}
+
+/// Finds the end of a chunked body in the bytes as they arrive; the bytes are relayed as
+/// they are, so only the framing is followed (and checked).
+#[derive(Debug, Default)]
+pub struct ChunkedScanner {
+    state: ChunkState,
+    /// Bytes of the current size line or trailer section so far.
+    line_bytes: usize,
+    size: u64,
+    size_digits: u32,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    /// In a chunk extension, up to the CR.
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final empty line).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    FinalLf,
+    Done,
+}
+
+/// A chunked body the gateway will not relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadChunk;
+
+impl ChunkedScanner {
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Follows `data`; returns how many of its bytes belong to the body (all of them unless
+    /// the body ended inside `data`).
+    pub fn scan(&mut self, data: &[u8]) -> Result<usize, BadChunk> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                Done => return Ok(i),
+                Size => {
+                    self.line_bytes += 1;
+                    match b {
+                        b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                            if self.size_digits >= 15 {
+                                return Err(BadChunk);
+                            }
+                            let d = (b as char).to_digit(16).ok_or(BadChunk)?;
+                            self.size = self.size * 16 + u64::from(d);
+                            self.size_digits += 1;
+                        }
+                        b';' if self.size_digits > 0 => self.state = Extension,
+                        b'\r' if self.size_digits > 0 => self.state = SizeLf,
+                        _ => return Err(BadChunk),
+                    }
+                }
+                Extension => {
+                    self.line_bytes += 1;
+                    if self.line_bytes > MAX_CHUNK_LINE {
+                        return Err(BadChunk);
+                    }
+                    match b {
+                        b'\r' => self.state = SizeLf,
+                        b'\n' => return Err(BadChunk),
+                        _ => {}
+                    }
+                }
+                SizeLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk);
+                    }
+                    self.line_bytes = 0;
+                    self.size_digits = 0;
+                    self.state = if self.size == 0 { TrailerStart } else { Data };
+                }
+                Data => {
+                    let take =
+                        (data.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = DataCr;
+                    }
+                    continue;
+                }
+                DataCr => {
+                    if b != b'\r' {
+                        return Err(BadChunk);
+                    }
+                    self.state = DataLf;
+                }
+                DataLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk);
+                    }
+                    self.state = Size;
+                }
+                TrailerStart => {
+                    self.line_bytes += 1;
+                    self.state = match b {
+                        b'\r' => FinalLf,
+                        b'\n' => return Err(BadChunk),
+                        _ => TrailerLine,
+                    };
+                }
+                TrailerLine => {
+                    self.line_bytes += 1;
+                    if self.line_bytes > MAX_TRAILER_BYTES {
+                        return Err(BadChunk);
+                    }
+                    match b {
+                        b'\r' => self.state = TrailerLf,
+                        b'\n' => return Err(BadChunk),
+                        _ => {}
+                    }
+                }
+                TrailerLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk);
+                    }
+                    self.state = TrailerStart;
+                }
+                FinalLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk);
+                    }
+                    self.state = Done;
+                    return Ok(i + 1);
+                }
+            }
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<'h, 'b>(
+        raw: &'b [u8],
+        headers: &'h mut [httparse::Header<'b>],
+    ) -> httparse::Request<'h, 'b> {
+        let mut req = httparse::Request::new(headers);
+        assert!(req.parse(raw).unwrap().is_complete());
+        req
+    }
+
+    #[test]
+    fn eligibility() {
+        let mut h = [httparse::EMPTY_HEADER; 16];
+        assert!(lean_eligible(&parse(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            &mut h
+        )));
+        let mut h = [httparse::EMPTY_HEADER; 16];
+        assert!(lean_eligible(&parse(
+            b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            &mut h
+        )));
+        for raw in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+        ] {
+            let mut h = [httparse::EMPTY_HEADER; 16];
+            assert!(
+                !lean_eligible(&parse(raw, &mut h)),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn request_head_rewrites_the_hop_headers() {
+        let raw = b"GET /api/x?q=1 HTTP/1.1\r\nHost: shop\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nX-Request-Id: spoofed\r\nX-User: mallory\r\nAccept: */*\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; 16];
+        let req = parse(raw, &mut h);
+        let reserved = [HeaderName::from_static("x-user")];
+        let identity = [(
+            HeaderName::from_static("x-user"),
+            HeaderValue::from_static("alice"),
+        )];
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            &req,
+            &Forwarding {
+                target: Some("/x?q=1"),
+                client_ip: Some("127.0.0.1".parse().unwrap()),
+                request_id: b"id1",
+                reserved: &reserved,
+                identity: &identity,
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /x?q=1 HTTP/1.1\r\nHost: shop\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: shop\r\nx-request-id: id1\r\nx-user: alice\r\n\r\n"
+        );
+    }
+
+    fn answer(
+        raw: &[u8],
+        head_request: bool,
+    ) -> (Result<Option<ResponseHead>, BadResponse>, String) {
+        let mut out = Vec::new();
+        let extra = [(
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from_static("5"),
+        )];
+        let r = parse_response(
+            raw,
+            &Answering {
+                request_id: b"id1",
+                extra: &extra,
+                close: false,
+                head_request,
+            },
+            &mut out,
+        );
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn response_heads() {
+        let (r, out) = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-Request-Id: theirs\r\n\r\nok", false);
+        assert_eq!(
+            r,
+            Ok(Some(ResponseHead {
+                status: 200,
+                len: 84,
+                framing: Framing::Length(2),
+                reusable: true
+            }))
+        );
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-request-id: id1\r\nratelimit-limit: 5\r\n\r\n");
+        let (r, out) = answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!(r.unwrap().unwrap().framing, Framing::Chunked);
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"));
+        let (r, out) = answer(b"HTTP/1.0 200 OK\r\n\r\nbody", false);
+        assert_eq!(
+            r.unwrap().unwrap(),
+            ResponseHead {
+                status: 200,
+                len: 19,
+                framing: Framing::UntilClose,
+                reusable: false
+            }
+        );
+        assert!(out.ends_with("connection: close\r\n\r\n"));
+        let (r, _) = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", true);
+        assert_eq!(r.unwrap().unwrap().framing, Framing::Empty);
+        let (r, _) = answer(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 20\r\n\r\n",
+            false,
+        );
+        assert_eq!(r.unwrap().unwrap().framing, Framing::Empty);
+        let (r, _) = answer(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!r.unwrap().unwrap().reusable);
+        let (r, out) = answer(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false);
+        assert_eq!(r.unwrap().unwrap().status, 103);
+        assert_eq!(out, "");
+        assert_eq!(answer(b"HTTP/1.1 200 OK\r\nContent", false).0, Ok(None));
+    }
+
+    #[test]
+    fn ambiguous_responses_are_refused() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1,1\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"garbage\r\n\r\n",
+        ] {
+            assert_eq!(
+                answer(raw, false).0,
+                Err(BadResponse::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_UPSTREAM_HEADER_BYTES + 1));
+        assert_eq!(answer(&big, false).0, Err(BadResponse::TooLarge));
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end() {
+        let body = b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        // Whole, and one byte at a time.
+        let mut s = ChunkedScanner::default();
+        assert_eq!(s.scan(body), Ok(body.len() - 4));
+        assert!(s.is_done());
+        let mut s = ChunkedScanner::default();
+        let mut used = 0;
+        for b in body.iter() {
+            used += s.scan(std::slice::from_ref(b)).unwrap();
+            if s.is_done() {
+                break;
+            }
+        }
+        assert_eq!(used, body.len() - 4);
+        let mut s = ChunkedScanner::default();
+        assert_eq!(s.scan(b"0\r\n\r\n"), Ok(5));
+        assert!(s.is_done());
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\nhello",
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"1234567890abcdef0\r\n",
+        ] {
+            let mut s = ChunkedScanner::default();
+            assert_eq!(
+                s.scan(bad),
+                Err(BadChunk),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

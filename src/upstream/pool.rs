@@ -1,0 +1,75 @@
+//! The lean conductor's pool of idle upstream connections, one per worker thread.
+//!
+//! Each Pingora worker thread runs its own single-threaded runtime (`work_stealing: false`),
+//! and a task never leaves the thread it started on, so a thread-local pool needs no lock and
+//! hands out sockets registered with the very reactor that polls them. Keyed by backend
+//! address, so it outlives reloads. Bounded per backend; a connection is checked for a close
+//! or stray bytes from the backend before it is reused.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+/// Most idle connections kept per backend and thread.
+pub const MAX_IDLE_PER_BACKEND: usize = 128;
+
+/// Most backends a thread keeps idle connections for.
+const MAX_BACKENDS: usize = 4096;
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+thread_local! {
+    static POOL: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+}
+
+/// An idle connection to `addr` that is still open and silent, if this thread has one that
+/// has idled less than `idle_timeout`. The most recently used goes first.
+pub fn checkout(addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let idle = pool.get_mut(&addr)?;
+        while let Some(conn) = idle.pop() {
+            if conn.since.elapsed() >= idle_timeout {
+                // Older ones are older still.
+                idle.clear();
+                return None;
+            }
+            let mut probe = [0u8; 1];
+            match conn.stream.try_read(&mut probe) {
+                // Nothing to read and not closed: usable.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn.stream),
+                // Closed by the backend, an error, or bytes nobody asked for: dropped.
+                _ => continue,
+            }
+        }
+        None
+    })
+}
+
+/// Returns a connection whose last exchange completed cleanly.
+pub fn checkin(addr: SocketAddr, stream: TcpStream) {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() >= MAX_BACKENDS && !pool.contains_key(&addr) {
+            return;
+        }
+        let idle = pool.entry(addr).or_default();
+        if idle.len() < MAX_IDLE_PER_BACKEND {
+            idle.push(Idle {
+                stream,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+/// Idle connections this thread holds for `addr`, for tests.
+pub fn idle_count(addr: SocketAddr) -> usize {
+    POOL.with(|pool| pool.borrow().get(&addr).map_or(0, Vec::len))
+}
