@@ -37,6 +37,10 @@ use crate::runtime::SharedRuntime;
 /// Most header lines a request may carry (beyond: 431).
 const MAX_HEADERS: usize = 128;
 
+/// How long a connection between requests keeps its head buffer before it gives it back
+/// and waits for its next request without one (see [`readable`]).
+const BUFFER_LINGER: Duration = Duration::from_millis(100);
+
 /// How a connection's request heads are bounded.
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeLimits {
@@ -149,7 +153,7 @@ async fn refuse(stream: &mut Stream, err: &GatewayError, head_only: bool) {
 /// Waits until the client sends something (or closes) without reading it: a zero-length
 /// read parks on the socket's readiness. An idle connection so holds no read buffer at all
 /// (what nginx does with keep-alive connections); the buffer is allocated when bytes arrive.
-async fn readable(stream: &mut Stream) -> std::io::Result<()> {
+pub async fn readable(stream: &mut Stream) -> std::io::Result<()> {
     std::future::poll_fn(|cx| {
         let mut nothing = ReadBuf::new(&mut []);
         Pin::new(&mut *stream).poll_read(cx, &mut nothing)
@@ -190,8 +194,8 @@ async fn read_head(
         }
         let wait_until = deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
         let left = wait_until.saturating_duration_since(Instant::now());
-        let read = if buf.is_empty() {
-            // Nothing of a request yet: wait without a buffer, then read into a fresh one.
+        let read = if buf.capacity() == 0 {
+            // The connection gave its buffer back: wait without one, then read into a fresh one.
             let waited = tokio::select! {
                 biased;
                 r = fast_timeout(left, readable(stream)) => r,
@@ -211,6 +215,16 @@ async fn read_head(
                 }
                 Ok(Err(e)) => Ok(Err(e)),
                 Err(elapsed) => Err(elapsed),
+            }
+        } else if buf.is_empty() && left > BUFFER_LINGER {
+            // Between requests: a busy client's next request is usually this close behind,
+            // so the buffer waits for it a little while; a quiet connection gives it back.
+            match fast_timeout(BUFFER_LINGER, stream.read_buf(buf)).await {
+                Err(_) => {
+                    *buf = BytesMut::new();
+                    continue;
+                }
+                Ok(read) => Ok(read),
             }
         } else {
             if buf.capacity() - buf.len() < 512 {
@@ -263,8 +277,8 @@ where
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let mut served: u32 = 0;
-        // Empty while the connection idles: see `readable`.
-        let mut buf = BytesMut::new();
+        // Given back when the connection idles: see `readable` and `BUFFER_LINGER`.
+        let mut buf = BytesMut::with_capacity(limits.head_buffer_bytes);
         loop {
             let compliant =
                 match read_head(&limits, &mut stream, &mut buf, served == 0, shutdown).await {
@@ -293,13 +307,7 @@ where
             // request is served: the connection's task stays small while it idles.
             let lean = Box::pin(self.lean.serve(&mut stream, &mut buf, last, client_ip)).await;
             match lean {
-                Served::KeepAlive => {
-                    if buf.is_empty() {
-                        // Give the buffer back while the connection idles.
-                        buf = BytesMut::new();
-                    }
-                    continue;
-                }
+                Served::KeepAlive => continue,
                 Served::Close => return None,
                 Served::Fallback => {}
             }

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Buf, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use pingora_core::protocols::Stream;
-use pingora_core::upstreams::peer::Peer;
 use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -437,16 +436,13 @@ async fn proxy(
     let mut client_head = Vec::with_capacity(512);
     let mut rbuf = BytesMut::new();
     let (mut up, addr, head) = loop {
-        let peer = cluster.select(key, &tried).map_err(|e| match e {
+        let addr = cluster.select_addr(key, &tried).map_err(|e| match e {
             SelectError::NoHealthyBackend => GatewayError::new(ErrorCode::ServiceUnavailable),
             SelectError::AllTried if connect_timed_out => {
                 GatewayError::new(ErrorCode::GatewayTimeout)
             }
             SelectError::AllTried => GatewayError::new(ErrorCode::BadGateway),
         })?;
-        let Some(&addr) = peer.address().as_inet() else {
-            return Err(GatewayError::new(ErrorCode::BadGateway));
-        };
         cluster.metrics.attempts.inc();
         attempts += 1;
         if attempts > 1 {
@@ -615,13 +611,17 @@ async fn exchange_head(
 }
 
 /// Resolves when the client has closed (or failed); bytes it sends meanwhile are kept in
-/// `buf` behind the current request's head, as long as they fit in the head limit.
+/// `buf` behind the current request's head, as long as they fit in the head limit. Costs no
+/// system call until the client's socket turns readable.
 async fn client_gone(client: &mut Stream, buf: &mut BytesMut, head_len: usize) {
     // The edge bounds heads far below this; beyond it the client is just not watched.
     const MAX_KEPT: usize = 64 * 1024;
     loop {
         if buf.len() >= head_len + MAX_KEPT {
             std::future::pending::<()>().await;
+        }
+        if crate::edge::readable(client).await.is_err() {
+            return;
         }
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(2048);

@@ -161,17 +161,26 @@ impl Cluster {
     /// Picks a backend for one attempt. `tried` are the backends this request already failed
     /// to connect to; `key` feeds consistent hashing and is ignored otherwise.
     pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Result<HttpPeer, SelectError> {
+        self.select_slot(key, tried).map(|slot| slot.peer.clone())
+    }
+
+    /// [`Cluster::select`], for a caller that only needs the address (no peer to clone).
+    pub fn select_addr(&self, key: &[u8], tried: &[SocketAddr]) -> Result<SocketAddr, SelectError> {
+        self.select_slot(key, tried).map(|slot| slot.addr)
+    }
+
+    fn select_slot(&self, key: &[u8], tried: &[SocketAddr]) -> Result<&BackendSlot, SelectError> {
         let now = now_ms();
         let fresh = |addr: &SocketAddr| !tried.contains(addr);
         // First choice: healthy, untried, not passively ejected.
         if let Some(slot) = self.pick(key, |slot, healthy| {
             healthy && fresh(&slot.addr) && slot.ejected_until_ms.load(Ordering::Relaxed) <= now
         }) {
-            return Ok(slot.peer.clone());
+            return Ok(slot);
         }
         // Passive ejection is a hint, not a verdict: rather than fail, try an ejected backend.
         if let Some(slot) = self.pick(key, |slot, healthy| healthy && fresh(&slot.addr)) {
-            return Ok(slot.peer.clone());
+            return Ok(slot);
         }
         if tried.is_empty() || self.pick(key, |_, healthy| healthy).is_none() {
             Err(SelectError::NoHealthyBackend)

@@ -40,16 +40,28 @@ pub fn checkout(addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {
                 idle.clear();
                 return None;
             }
-            let mut probe = [0u8; 1];
-            match conn.stream.try_read(&mut probe) {
-                // Nothing to read and not closed: usable.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn.stream),
-                // Closed by the backend, an error, or bytes nobody asked for: dropped.
-                _ => continue,
+            if is_quiet(&conn.stream) {
+                return Some(conn.stream);
             }
         }
         None
     })
+}
+
+/// Whether an idle connection has neither been closed nor sent anything. The reactor's
+/// readiness answers without a system call in the common case: it only turns readable when
+/// the backend closed or wrote; then a read tells which (either way the connection goes).
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        std::task::Poll::Pending => true,
+        std::task::Poll::Ready(Err(_)) => false,
+        // Readiness may be left over from a read that filled its buffer exactly: look.
+        std::task::Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+    }
 }
 
 /// Returns a connection whose last exchange completed cleanly.
