@@ -78,9 +78,8 @@ impl Drop for OpenConnection<'_> {
 /// What reading one request head came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Head {
-    /// A complete, well-formed head (and maybe the start of the body) is in the buffer;
-    /// `compliant`: RFC-clean, not only acceptable (see [`framing_tier`]).
-    Complete { compliant: bool },
+    /// A complete, well-formed head (and maybe the start of the body) is in the buffer.
+    Complete(HeadInfo),
     /// The connection closed, or sat idle, before a request began: close quietly.
     Gone,
     /// The head did not complete within the deadline: close.
@@ -89,16 +88,28 @@ pub enum Head {
     Refuse(ErrorCode),
 }
 
-/// Checks a buffer for a complete request head. `Ok(Some(compliant))`: complete,
-/// well-formed and unambiguously framed; `Ok(None)`: not complete yet.
-pub fn check_head(buf: &[u8], max_bytes: usize) -> Result<Option<bool>, ErrorCode> {
+/// A complete, well-formed, unambiguously framed request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadInfo {
+    /// RFC-clean, not only acceptable (see [`framing_tier`]).
+    pub compliant: bool,
+    /// Its header lines.
+    pub headers: usize,
+}
+
+/// Checks a buffer for a complete request head; `Ok(None)`: not complete yet.
+pub fn check_head(buf: &[u8], max_bytes: usize) -> Result<Option<HeadInfo>, ErrorCode> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) if n > max_bytes => Err(ErrorCode::HeadersTooLarge),
         Ok(httparse::Status::Complete(n)) => match framing_tier(&buf[..n]) {
-            RequestSafetyTier::Compliant => Ok(Some(true)),
-            RequestSafetyTier::Acceptable => Ok(Some(false)),
+            tier @ (RequestSafetyTier::Compliant | RequestSafetyTier::Acceptable) => {
+                Ok(Some(HeadInfo {
+                    compliant: tier == RequestSafetyTier::Compliant,
+                    headers: req.headers.len(),
+                }))
+            }
             RequestSafetyTier::Ambiguous | RequestSafetyTier::Severe => Err(ErrorCode::BadRequest),
         },
         Ok(httparse::Status::Partial) if buf.len() > max_bytes => Err(ErrorCode::HeadersTooLarge),
@@ -187,7 +198,7 @@ async fn read_head(
     loop {
         if !buf.is_empty() {
             match check_head(buf, limits.max_header_bytes) {
-                Ok(Some(compliant)) => return Head::Complete { compliant },
+                Ok(Some(info)) => return Head::Complete(info),
                 Ok(None) => {}
                 Err(code) => return Head::Refuse(code),
             }
@@ -280,32 +291,37 @@ where
         // Given back when the connection idles: see `readable` and `BUFFER_LINGER`.
         let mut buf = BytesMut::with_capacity(limits.head_buffer_bytes);
         loop {
-            let compliant =
-                match read_head(&limits, &mut stream, &mut buf, served == 0, shutdown).await {
-                    Head::Complete { compliant } => compliant,
-                    Head::Gone => return None,
-                    Head::TimedOut => {
-                        metrics().edge_refusal("header_timeout");
-                        return None;
-                    }
-                    Head::Refuse(code) => {
-                        metrics().edge_refusal(code.as_str());
-                        refuse(
-                            &mut stream,
-                            &GatewayError::new(code),
-                            buf.starts_with(b"HEAD "),
-                        )
-                        .await;
-                        return None;
-                    }
-                };
+            let head = match read_head(&limits, &mut stream, &mut buf, served == 0, shutdown).await
+            {
+                Head::Complete(info) => info,
+                Head::Gone => return None,
+                Head::TimedOut => {
+                    metrics().edge_refusal("header_timeout");
+                    return None;
+                }
+                Head::Refuse(code) => {
+                    metrics().edge_refusal(code.as_str());
+                    refuse(
+                        &mut stream,
+                        &GatewayError::new(code),
+                        buf.starts_with(b"HEAD "),
+                    )
+                    .await;
+                    return None;
+                }
+            };
             served += 1;
             // A head that is only acceptable (not RFC-clean) gets no second request behind it
             // on this connection: bytes after it are dropped, never read as a request.
-            let last = served >= limits.keepalive_requests || *shutdown.borrow() || !compliant;
+            let last = served >= limits.keepalive_requests || *shutdown.borrow() || !head.compliant;
             // The lean path's per-request state lives in its own allocation, only while a
             // request is served: the connection's task stays small while it idles.
-            let lean = Box::pin(self.lean.serve(&mut stream, &mut buf, last, client_ip)).await;
+            let lean =
+                Box::pin(
+                    self.lean
+                        .serve(&mut stream, &mut buf, head.headers, last, client_ip),
+                )
+                .await;
             match lean {
                 Served::KeepAlive => continue,
                 Served::Close => return None,
@@ -340,7 +356,10 @@ mod tests {
     fn head_checks() {
         assert_eq!(
             check_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1024),
-            Ok(Some(true))
+            Ok(Some(HeadInfo {
+                compliant: true,
+                headers: 1
+            }))
         );
         assert_eq!(check_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 1024), Ok(None));
         assert_eq!(check_head(b"GET / HTTP/1.1\r\n", 1024), Ok(None));

@@ -149,19 +149,19 @@ impl GatewayError {
     /// out but keeps its Content-Length.
     pub fn to_http1(&self, request_id: &str, head_only: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        self.write_http1(&mut out, request_id, head_only, true, &[]);
+        self.write_http1(&mut out, request_id, head_only, true, b"");
         out
     }
 
-    /// Appends the whole answer as HTTP/1.1 bytes to `out`, with `extra` headers (RateLimit-*)
-    /// and `Connection: close` when `close`.
+    /// Appends the whole answer as HTTP/1.1 bytes to `out`, with `extra` header lines
+    /// (RateLimit-*, `name: value\r\n` each) and `Connection: close` when `close`.
     pub fn write_http1(
         &self,
         out: &mut Vec<u8>,
         request_id: &str,
         head_only: bool,
         close: bool,
-        extra: &[(header::HeaderName, HeaderValue)],
+        extra: &[u8],
     ) {
         use std::io::Write;
         let body = self.body(request_id);
@@ -177,12 +177,13 @@ impl GatewayError {
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
-        for (name, value) in self.headers.iter().chain(extra) {
+        for (name, value) in &self.headers {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        out.extend_from_slice(extra);
         out.extend_from_slice(b"\r\n");
         if !head_only {
             out.extend_from_slice(&body);

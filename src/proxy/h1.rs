@@ -28,7 +28,7 @@ use super::admit::{admit, Admission};
 use super::headers::request_id_in;
 use super::plan::plan_parts;
 use super::wire::{self, Answering, BadResponse, ChunkedScanner, Forwarding, Framing};
-use crate::config::HashKey;
+use crate::config::{HashKey, LbPolicy};
 use crate::observability::metrics::NO_ROUTE;
 use crate::observability::{
     metrics, AccessLog, AccessRecord, AuthOutcome, RateOutcome, RouteMetrics,
@@ -111,10 +111,13 @@ impl LeanProxy {
         &self,
         stream: &mut Stream,
         buf: &mut BytesMut,
+        header_count: usize,
         last: bool,
         client_ip: Option<IpAddr>,
     ) -> Served {
-        let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // Sized by the edge's parse: no 128-slot array in this future (it is allocated per
+        // request, and moved there whole).
+        let mut header_slots = vec![httparse::EMPTY_HEADER; header_count.clamp(1, MAX_HEADERS)];
         let mut req = httparse::Request::new(&mut header_slots);
         let head_len = match req.parse(buf) {
             Ok(httparse::Status::Complete(n)) => n,
@@ -153,17 +156,17 @@ impl LeanProxy {
         let id = request_id.as_bytes();
 
         let outcome = match plan {
-            Err(e) => answer(stream, &rt, &mut ex, &e, id, head_request, close, &[]).await,
+            Err(e) => answer(stream, &rt, &mut ex, &e, id, head_request, close, b"").await,
             Ok(p) => {
                 ex.route = Some(p.route);
                 let route = &rt.routes[p.route];
                 let admission = admit(&rt, route, &parts.method, &parts.headers, client_ip).await;
                 ex.auth = admission.auth;
                 ex.rate = admission.rate;
-                let rate_headers = admission
-                    .rate_verdict
-                    .map(|v| rt.rate_limits.headers(&v))
-                    .unwrap_or_default();
+                let mut rate_headers = Vec::new();
+                if let Some(v) = &admission.rate_verdict {
+                    rt.rate_limits.write_header_lines(v, &mut rate_headers);
+                }
                 if let Some(refusal) = &admission.refusal {
                     answer(
                         stream,
@@ -181,11 +184,10 @@ impl LeanProxy {
                         .identity
                         .as_deref()
                         .map_or(&[], |i| i.headers.as_slice());
-                    let reserved: Vec<HeaderName> = rt
+                    let reserved = rt
                         .auth
                         .as_ref()
-                        .map(|a| a.identity_header_names().cloned().collect())
-                        .unwrap_or_default();
+                        .map_or(&[][..], |a| a.config().forward_claims.as_slice());
                     let mut up_head = Vec::with_capacity(head_len + 192);
                     wire::write_request_head(
                         &mut up_head,
@@ -194,11 +196,16 @@ impl LeanProxy {
                             target: p.upstream_target.as_deref(),
                             client_ip,
                             request_id: id,
-                            reserved: &reserved,
+                            reserved,
                             identity,
                         },
                     );
-                    let key = hash_key(cluster, &parts.headers, &admission, client_ip);
+                    // Only consistent hashing reads the key.
+                    let key = if cluster.config.lb == LbPolicy::ConsistentHash {
+                        hash_key(cluster, &parts.headers, &admission, client_ip)
+                    } else {
+                        Vec::new()
+                    };
                     let ans = Answering {
                         request_id: id,
                         extra: &rate_headers,
@@ -238,7 +245,7 @@ impl LeanProxy {
                 } else {
                     // Composite routes were handed back above.
                     let e = GatewayError::new(ErrorCode::BadGateway);
-                    answer(stream, &rt, &mut ex, &e, id, head_request, true, &[]).await
+                    answer(stream, &rt, &mut ex, &e, id, head_request, true, b"").await
                 }
             }
         };
@@ -371,7 +378,7 @@ async fn answer(
     request_id: &[u8],
     head_only: bool,
     close: bool,
-    extra: &[(HeaderName, HeaderValue)],
+    extra: &[u8],
 ) -> Relay {
     // After a malformed request, nothing more is read from the connection: what follows
     // might be framed differently from how this request was understood.

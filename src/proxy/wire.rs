@@ -91,8 +91,9 @@ pub struct Forwarding<'a> {
     pub target: Option<&'a str>,
     pub client_ip: Option<IpAddr>,
     pub request_id: &'a [u8],
-    /// Names only the gateway may set (identity headers): client copies are dropped.
-    pub reserved: &'a [HeaderName],
+    /// Names only the gateway may set (the identity headers of `forward_claims`): client
+    /// copies are dropped.
+    pub reserved: &'a [(String, HeaderName)],
     /// The verified identity's headers.
     pub identity: &'a [(HeaderName, HeaderValue)],
 }
@@ -124,7 +125,7 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &httparse::Request<'_, '_>, fw
             || fwd
                 .reserved
                 .iter()
-                .any(|r| name.eq_ignore_ascii_case(r.as_str().as_bytes()))
+                .any(|(_, r)| name.eq_ignore_ascii_case(r.as_str().as_bytes()))
             || named_by_connection(req.headers, name)
         {
             continue;
@@ -187,8 +188,9 @@ pub enum BadResponse {
 /// What the gateway adds to the response the client gets.
 pub struct Answering<'a> {
     pub request_id: &'a [u8],
-    /// RateLimit-* headers.
-    pub extra: &'a [(HeaderName, HeaderValue)],
+    /// RateLimit-* header lines (`name: value\r\n` each); when there are any, the
+    /// upstream's own RateLimit-* headers are dropped.
+    pub extra: &'a [u8],
     /// The client connection closes after this response.
     pub close: bool,
     /// The request was a HEAD: no body follows whatever the head says.
@@ -287,19 +289,17 @@ pub fn parse_response(
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"x-request-id")
             || named_by_connection(resp.headers, name)
-            || ans
-                .extra
-                .iter()
-                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+            || (!ans.extra.is_empty()
+                && crate::ratelimit::HEADER_NAMES[..5]
+                    .iter()
+                    .any(|n| name.eq_ignore_ascii_case(n.as_bytes())))
         {
             continue;
         }
         push_header(out, name, h.value);
     }
     push_header(out, b"x-request-id", ans.request_id);
-    for (name, value) in ans.extra {
-        push_header(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+    out.extend_from_slice(ans.extra);
     if ans.close || framing == Framing::UntilClose {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -502,7 +502,7 @@ mod tests {
         let raw = b"GET /api/x?q=1 HTTP/1.1\r\nHost: shop\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nX-Request-Id: spoofed\r\nX-User: mallory\r\nAccept: */*\r\n\r\n";
         let mut h = [httparse::EMPTY_HEADER; 16];
         let req = parse(raw, &mut h);
-        let reserved = [HeaderName::from_static("x-user")];
+        let reserved = [("sub".to_string(), HeaderName::from_static("x-user"))];
         let identity = [(
             HeaderName::from_static("x-user"),
             HeaderValue::from_static("alice"),
@@ -530,15 +530,12 @@ mod tests {
         head_request: bool,
     ) -> (Result<Option<ResponseHead>, BadResponse>, String) {
         let mut out = Vec::new();
-        let extra = [(
-            HeaderName::from_static("ratelimit-limit"),
-            HeaderValue::from_static("5"),
-        )];
+        let extra = b"ratelimit-limit: 5\r\n";
         let r = parse_response(
             raw,
             &Answering {
                 request_id: b"id1",
-                extra: &extra,
+                extra,
                 close: false,
                 head_request,
             },

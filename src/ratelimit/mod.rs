@@ -194,39 +194,56 @@ impl RateLimits {
 
     /// The response headers for a verdict (IETF draft fields plus the common pair).
     pub fn headers(&self, v: &RouteVerdict) -> Vec<(HeaderName, HeaderValue)> {
-        let p = &self.policies[v.policy];
-        let reset = v.verdict.reset_ms.div_ceil(1000);
-        let mut out = vec![
-            (
-                HeaderName::from_static("ratelimit-limit"),
-                HeaderValue::from(p.limit),
-            ),
-            (
-                HeaderName::from_static("ratelimit-remaining"),
-                HeaderValue::from(v.verdict.remaining),
-            ),
-            (
-                HeaderName::from_static("ratelimit-reset"),
-                HeaderValue::from(reset),
-            ),
-            (
-                HeaderName::from_static("ratelimit-policy"),
-                p.policy_header.clone(),
-            ),
-        ];
-        if let Ok(h) = HeaderValue::from_str(&format!(
-            "\"{}\";r={};t={}",
-            p.name, v.verdict.remaining, reset
-        )) {
-            out.push((HeaderName::from_static("ratelimit"), h));
-        }
-        if !v.verdict.allowed {
-            let secs = v.verdict.retry_after_ms.div_ceil(1000).max(1);
-            out.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
-        }
+        let mut out = Vec::with_capacity(6);
+        self.each_header(v, |name, value| {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                out.push((HeaderName::from_static(name), value));
+            }
+        });
         out
     }
 
+    /// The same headers as `name: value` lines, for the lean HTTP/1.1 path, which writes
+    /// heads as bytes (no header map, no allocation per value).
+    pub fn write_header_lines(&self, v: &RouteVerdict, out: &mut Vec<u8>) {
+        self.each_header(v, |name, value| {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        });
+    }
+
+    /// Every response header of a verdict, in order; numbers are formatted on the stack.
+    fn each_header(&self, v: &RouteVerdict, mut emit: impl FnMut(&'static str, &[u8])) {
+        use std::io::Write;
+        let p = &self.policies[v.policy];
+        let reset = v.verdict.reset_ms.div_ceil(1000);
+        let mut num = itoa_buf();
+        emit("ratelimit-limit", fmt_u64(&mut num, u64::from(p.limit)));
+        emit(
+            "ratelimit-remaining",
+            fmt_u64(&mut num, u64::from(v.verdict.remaining)),
+        );
+        emit("ratelimit-reset", fmt_u64(&mut num, reset));
+        emit("ratelimit-policy", p.policy_header.as_bytes());
+        let mut line = [0u8; 192];
+        let mut cursor = std::io::Cursor::new(&mut line[..]);
+        if write!(
+            cursor,
+            "\"{}\";r={};t={}",
+            p.name, v.verdict.remaining, reset
+        )
+        .is_ok()
+        {
+            let n = cursor.position() as usize;
+            emit("ratelimit", &line[..n]);
+        }
+        if !v.verdict.allowed {
+            let secs = v.verdict.retry_after_ms.div_ceil(1000).max(1);
+            emit("retry-after", fmt_u64(&mut num, secs));
+        }
+    }
     /// Sweeps idle keys from every local store.
     pub fn sweep(&self) -> usize {
         let now = clock_ms();
@@ -331,6 +348,33 @@ impl BackgroundService for Sweeper {
             if removed > 0 {
                 log::debug!("rate limits: swept {removed} idle keys");
             }
+        }
+    }
+}
+
+/// The names [`RateLimits::write_header_lines`] may write: an upstream's own copies are dropped.
+pub const HEADER_NAMES: [&str; 6] = [
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "ratelimit-policy",
+    "ratelimit",
+    "retry-after",
+];
+
+fn itoa_buf() -> [u8; 20] {
+    [0; 20]
+}
+
+/// Formats a number into `buf` and returns its digits.
+fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
         }
     }
 }
