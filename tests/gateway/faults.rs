@@ -99,6 +99,15 @@ fn serve_faults(conn: TcpStream) {
                 thread::sleep(Duration::from_millis(200));
                 return;
             }
+            "/two-lengths" => w.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 12\r\n\r\nok-and-more!",
+            ),
+            "/length-and-chunked" => w.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            ),
+            "/gzip-coding" => w.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+            ),
             "/two-responses" => {
                 let mut both = ok_response("/two-responses");
                 both.push_str(&ok_response("/stale-second-response"));
@@ -165,6 +174,12 @@ fn broken_answers_become_clean_errors_and_do_not_poison_the_pool() {
 
     gw.get("/big-headers").assert_error(502, "bad_gateway");
     assert_pool_clean(&gw, "big-headers");
+
+    // Framing another parser could read differently is never relayed.
+    for path in ["/two-lengths", "/length-and-chunked", "/gzip-coding"] {
+        gw.get(path).assert_error(502, "bad_gateway");
+        assert_pool_clean(&gw, path);
+    }
 
     let start = Instant::now();
     gw.get("/hang").assert_error(504, "gateway_timeout");

@@ -274,3 +274,35 @@ routes:
     // Nothing else was forwarded behind the gateway's back.
     assert_eq!(b.requests(), forwarded);
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    use std::io::{Read, Write};
+    let (_a, _b, yaml) = two_backends();
+    let gw = Gateway::start(&yaml);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    // Three requests in one write: the gateway must answer each, in order, and not read the
+    // second one as part of the first.
+    s.write_all(
+        b"GET /api/users/7/profile HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /exact HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /api/users/me HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing: {text}"))
+    };
+    let (first, second, third) = (
+        at("\"path\":\"/api/users/7/profile\""),
+        at("\"path\":\"/exact\""),
+        at("\"path\":\"/api/users/me\""),
+    );
+    assert!(first < second && second < third, "{text}");
+}
