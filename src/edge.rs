@@ -284,9 +284,9 @@ where
         }
         let idle_secs = limits.idle_timeout.as_secs().max(1);
         // Once per connection (Pingora caches it in the digest; it costs a getpeername).
-        let client_ip = stream
+        let client = stream
             .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let mut served: u32 = 0;
         // Given back when the connection idles: see `readable` and `BUFFER_LINGER`.
         let mut buf = BytesMut::with_capacity(limits.head_buffer_bytes);
@@ -316,12 +316,11 @@ where
             let last = served >= limits.keepalive_requests || *shutdown.borrow() || !head.compliant;
             // The lean path's per-request state lives in its own allocation, only while a
             // request is served: the connection's task stays small while it idles.
-            let lean =
-                Box::pin(
-                    self.lean
-                        .serve(&mut stream, &mut buf, head.headers, last, client_ip),
-                )
-                .await;
+            let lean = Box::pin(
+                self.lean
+                    .serve(&mut stream, &mut buf, head.headers, last, client),
+            )
+            .await;
             match lean {
                 Served::KeepAlive => continue,
                 Served::Close => return None,

@@ -113,8 +113,9 @@ impl LeanProxy {
         buf: &mut BytesMut,
         header_count: usize,
         last: bool,
-        client_ip: Option<IpAddr>,
+        client: Option<SocketAddr>,
     ) -> Served {
+        let client_ip = client.map(|a| a.ip());
         // Sized by the edge's parse: no 128-slot array in this future (it is allocated per
         // request, and moved there whole).
         let mut header_slots = vec![httparse::EMPTY_HEADER; header_count.clamp(1, MAX_HEADERS)];
@@ -250,7 +251,7 @@ impl LeanProxy {
             }
         };
         buf.advance(head_len.min(buf.len()));
-        self.log(&rt, &ex, &parts, &request_id, client_ip);
+        self.log(&rt, &ex, &parts, &request_id, client);
         match outcome {
             Relay::Done {
                 client_reusable: true,
@@ -265,7 +266,7 @@ impl LeanProxy {
         ex: &Exchange,
         parts: &RequestParts,
         request_id: &HeaderValue,
-        client_ip: Option<IpAddr>,
+        client: Option<SocketAddr>,
     ) {
         let elapsed = ex.started.elapsed();
         let route = ex.route.and_then(|r| rt.routes.get(r));
@@ -281,7 +282,7 @@ impl LeanProxy {
         log.record(AccessRecord {
             time: SystemTime::now(),
             request_id: Some(request_id.clone()),
-            client: parts.client(client_ip),
+            client,
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             route: route.map(|r| r.name.clone()),
@@ -322,10 +323,6 @@ impl RequestParts {
             uri,
             headers,
         })
-    }
-
-    fn client(&self, ip: Option<IpAddr>) -> Option<SocketAddr> {
-        ip.map(|ip| SocketAddr::new(ip, 0))
     }
 }
 
@@ -563,7 +560,7 @@ async fn proxy(
     )
     .await;
     if let (Some(true), true) = (relay.upstream_clean, head.reusable) {
-        pool::checkin(addr, up);
+        pool::checkin(addr, up, cfg.pool_idle_timeout);
     }
     Ok(relay.relay)
 }

@@ -25,14 +25,25 @@ const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 /// Whether the lean path takes a request, from its parsed head. Anything with a body, an
-/// upgrade, an `Expect`, HTTP/1.0 keep-alive rules or `CONNECT` goes to Pingora's session.
+/// upgrade, an `Expect`, HTTP/1.0 keep-alive rules, `CONNECT`, an absolute-form target, or
+/// anything but exactly one plain `Host` goes to Pingora's session (which refuses or rewrites
+/// what it must).
 pub fn lean_eligible(req: &httparse::Request<'_, '_>) -> bool {
-    if req.version != Some(1) || req.method == Some("CONNECT") {
+    if req.version != Some(1)
+        || req.method == Some("CONNECT")
+        || !req.path.is_some_and(|p| p.starts_with('/'))
+    {
         return false;
     }
+    let mut hosts = 0;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"transfer-encoding")
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            if h.value.contains(&b'@') {
+                return false;
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"upgrade")
             || name.eq_ignore_ascii_case(b"expect")
             || (name.eq_ignore_ascii_case(b"content-length") && h.value != b"0")
@@ -40,7 +51,7 @@ pub fn lean_eligible(req: &httparse::Request<'_, '_>) -> bool {
             return false;
         }
     }
-    true
+    hosts == 1
 }
 
 /// Whether the client asked to close after this request (`Connection: close`).
@@ -477,7 +488,7 @@ mod tests {
         )));
         let mut h = [httparse::EMPTY_HEADER; 16];
         assert!(lean_eligible(&parse(
-            b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
             &mut h
         )));
         for raw in [
@@ -487,6 +498,10 @@ mod tests {
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"GET http://a/x HTTP/1.1\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
         ] {
             let mut h = [httparse::EMPTY_HEADER; 16];
             assert!(

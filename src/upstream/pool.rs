@@ -64,14 +64,20 @@ fn is_quiet(stream: &TcpStream) -> bool {
     }
 }
 
-/// Returns a connection whose last exchange completed cleanly.
-pub fn checkin(addr: SocketAddr, stream: TcpStream) {
+/// Returns a connection whose last exchange completed cleanly; connections to the same
+/// backend idle past `idle_timeout` are closed now (the oldest are first in line).
+pub fn checkin(addr: SocketAddr, stream: TcpStream, idle_timeout: Duration) {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         if pool.len() >= MAX_BACKENDS && !pool.contains_key(&addr) {
             return;
         }
         let idle = pool.entry(addr).or_default();
+        let expired = idle
+            .iter()
+            .take_while(|c| c.since.elapsed() >= idle_timeout)
+            .count();
+        idle.drain(..expired);
         if idle.len() < MAX_IDLE_PER_BACKEND {
             idle.push(Idle {
                 stream,
