@@ -255,16 +255,12 @@ async fn read_head(
     }
 }
 
-#[async_trait]
-impl<A> ServerApp for EdgeApp<A>
+impl<A> EdgeApp<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    async fn process_new(
-        self: &Arc<Self>,
-        mut stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+    /// One client connection, from accept to close.
+    async fn serve_connection(self: Arc<Self>, mut stream: Stream, shutdown: ShutdownWatch) {
         let limits = EdgeLimits::from_config(&self.shared.load().server);
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         let _open = OpenConnection(&self.open);
@@ -280,7 +276,7 @@ where
                 http::HeaderValue::from_static("1"),
             ));
             refuse(&mut stream, &err, false).await;
-            return None;
+            return;
         }
         let idle_secs = limits.idle_timeout.as_secs().max(1);
         // Once per connection (Pingora caches it in the digest; it costs a getpeername).
@@ -291,13 +287,13 @@ where
         // Given back when the connection idles: see `readable` and `BUFFER_LINGER`.
         let mut buf = BytesMut::with_capacity(limits.head_buffer_bytes);
         loop {
-            let head = match read_head(&limits, &mut stream, &mut buf, served == 0, shutdown).await
+            let head = match read_head(&limits, &mut stream, &mut buf, served == 0, &shutdown).await
             {
                 Head::Complete(info) => info,
-                Head::Gone => return None,
+                Head::Gone => return,
                 Head::TimedOut => {
                     metrics().edge_refusal("header_timeout");
-                    return None;
+                    return;
                 }
                 Head::Refuse(code) => {
                     metrics().edge_refusal(code.as_str());
@@ -307,7 +303,7 @@ where
                         buf.starts_with(b"HEAD "),
                     )
                     .await;
-                    return None;
+                    return;
                 }
             };
             served += 1;
@@ -323,7 +319,7 @@ where
             .await;
             match lean {
                 Served::KeepAlive => continue,
-                Served::Close => return None,
+                Served::Close => return,
                 Served::Fallback => {}
             }
             let mut session = ServerSession::new_http1(stream);
@@ -332,14 +328,34 @@ where
             session.set_keepalive(Some(idle_secs));
             session.set_keepalive_reuses_remaining(last.then_some(0));
             session.set_pipelined_prefix(std::mem::take(&mut buf));
-            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let Some(reused) = self.proxy.process_new_http(session, &shutdown).await else {
+                return;
+            };
             if last {
-                return None;
+                return;
             }
             // Pipelining is off, so Pingora never hands back bytes of a next request.
             let (s, _settings) = reused.consume();
             stream = s;
         }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for EdgeApp<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// Runs the connection in a task of its own and returns at once. Pingora's accept task
+    /// lays out a TLS handshake future inline (about 7 KiB, even on a plain-TCP listener);
+    /// ending it keeps an idle connection's memory to this small task.
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        tokio::spawn(self.clone().serve_connection(stream, shutdown.clone()));
+        None
     }
 
     async fn cleanup(&self) {
