@@ -27,6 +27,16 @@
 #                       jwt_hs256  GET /jwt-hs  portcullis `auth: required`, one HS256 token
 #                       jwt_es256  GET /jwt-es  portcullis `auth: required`, one ES256 token (kid ec256)
 #                       ratelimit  GET /rl      portcullis `rate_limit: [bench_limit]`, never refusing
+#                       composite  GET /composite  three parts, all on the upstream (-c8; the
+#                                  "nginx" column is the upstream called directly)
+#                       composite1 composite2 composite3 composite5 composite8: the same with
+#                                  1, 2, 3, 5, 8 parts (GET /compositeN), for the cost per
+#                                  part; each also prints portcullis CPU µs per answer
+#                       plain8     GET /  the plain proxy at 8 connections, with CPU µs per answer
+#                       routes1    GET /api/v1/svc5000/items/42, a `{id}` template route
+#                       routes10k  the same among 10,000 routes (run routes1 and routes10k in
+#                                  separate invocations: a config holds every selected
+#                                  scenario's routes)
 #                       nginx proxies the same paths plainly; with baseline in the list, the
 #                       report also gives each scenario's req/s relative to baseline per proxy
 #   MINT_TOKEN_BIN      token minter for the jwt_* scenarios, default:
@@ -257,6 +267,103 @@ scenario_composite_run() {
   local CONNECTIONS=8 BODY_CHECK=0
   bench_pair composite "http://127.0.0.1:$UPSTREAM_PORT/" "$PORTCULLIS_URL/composite"
 }
+
+# -- composite1, composite2, composite3, composite5, composite8: composite with N parts
+# (p1 required, the rest optional, all on the bench upstream), for the cost of each extra
+# part. Besides req/s, each prints the CPU portcullis used per composite answer: utime+stime
+# of the process (all threads) over the scenario, divided by the requests wrk counted against
+# it (warm-up included). The upstream and wrk share the machine's CPUs and get busier with
+# every part, so req/s alone mixes the gateway's cost with theirs; CPU per answer does not.
+composite_n_routes() {  # n
+  local i
+  echo "  - name: composite$1"
+  echo "    match: { path: /composite$1 }"
+  echo "    aggregate:"
+  echo "      timeout: 1s"
+  echo "      parts:"
+  for ((i = 1; i <= $1; i++)); do
+    echo "        - { name: p$i, upstream: bench, path: /p$i$( ((i == 1)) && echo ', required: true') }"
+  done
+  auth_none
+}
+proc_cpu_ticks() {  # pid -> utime+stime in clock ticks (all threads)
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+wrk_requests() {  # files... -> total requests wrk completed
+  cat "$@" 2>/dev/null | awk '/requests in/ { n += $1 } END { print n + 0 }'
+}
+bench_pair_cpu() {  # name url_nginx url_portcullis [wrk args...]  -- bench_pair, then log
+  local name="$1" pid t0 t1 reqs hz   # the proxy under test's CPU per answer over the scenario
+  pid="$(pid_of "$SUT_LABEL")"
+  t0="$(proc_cpu_ticks "$pid")"
+  bench_pair "$@"
+  t1="$(proc_cpu_ticks "$pid")"
+  reqs="$(wrk_requests "$TMP/warmup-$name-$SUT_LABEL.txt" "$TMP/wrk-$name-$SUT_LABEL-"*.txt)"
+  hz="$(getconf CLK_TCK)"
+  log "$(awk -v n="$name" -v t="$((t1 - t0))" -v hz="$hz" -v r="$reqs" -v l="$SUT_LABEL" \
+    'BEGIN { printf "%s: %s CPU %.2f s for %d answers = %.2f us per answer", n, l, t / hz, r, (r > 0) ? 1e6 * t / hz / r : 0 }')"
+}
+composite_n_run() {  # n
+  local n="$1" i body="{" want
+  for ((i = 1; i <= n; i++)); do
+    ((i > 1)) && body+=","
+    body+="\"p$i\":$EXPECTED_BODY"
+  done
+  want="$body}"
+  body="$(curl -s --max-time 2 "$PORTCULLIS_URL/composite$n")"
+  [[ "$body" == "$want" ]] || die "composite$n answered '$body'"
+  log "composite$n: the 'nginx' column is the upstream called directly"
+  local CONNECTIONS=8 BODY_CHECK=0
+  bench_pair_cpu "composite$n" "http://127.0.0.1:$UPSTREAM_PORT/" "$PORTCULLIS_URL/composite$n"
+}
+for n in 1 2 3 5 8; do
+  eval "scenario_composite${n}_nginx()  { :; }"
+  eval "scenario_composite${n}_routes() { composite_n_routes $n; }"
+  eval "scenario_composite${n}_run()    { composite_n_run $n; }"
+done
+# plain8: the plain proxy at the composite scenarios' 8 connections, with the same CPU per
+# answer: what one proxied request costs, next to what one composite part costs.
+scenario_plain8_nginx()  { :; }
+scenario_plain8_routes() { :; }
+scenario_plain8_run()    { local CONNECTIONS=8; bench_pair_cpu plain8 "$NGINX_URL/" "$PORTCULLIS_URL/"; }
+
+# -- routes1, routes10k: the router's cost as the route table grows, end to end. Both send
+# GET /api/v1/svc5000/items/42 to one `{id}` template route; routes10k adds 9,999 other
+# routes of the shapes benches/router.rs uses (templates, exact paths, prefixes, a fifth of
+# them host-specific over 50 tenant hosts), routes1 only that one. Run them in separate
+# invocations and compare each run's portcullis/nginx ratio: nginx proxies the path plainly
+# in both, so its req/s shows how the machine drifted between the two runs; both also print
+# portcullis CPU per answer, which the other load on the machine disturbs less.
+routes_target() {
+  printf '  - name: svc5000\n    match: { path: "/api/v1/svc5000/items/{id}" }\n    upstream: bench\n'
+  auth_none
+}
+routes_filler() {  # i -> route i of the big table (never 5000)
+  local i="$1" m
+  case $((i % 10)) in
+    0|1|2) m="path: \"/api/v1/svc$i/items/{id}\", methods: [GET, POST]" ;;
+    3)     m="path: \"/api/v1/svc$i/users/{user}/orders/{order}\", methods: [GET]" ;;
+    4|5)   m="path: /api/v1/svc$i/status, methods: [GET]" ;;
+    6)     m="path_prefix: /static/svc$i, methods: [GET, HEAD]" ;;
+    7)     m="path_prefix: /api/v2/svc$i" ;;
+    8)     m="path: \"/api/v1/svc$i/items/{id}\", methods: [GET], host: tenant$((i % 50)).example.com" ;;
+    9)     m="path: /svc$i/health, methods: [GET], host: tenant$((i % 50)).example.com" ;;
+  esac
+  printf '  - name: r%d\n    match: { %s }\n    upstream: bench\n' "$i" "$m"
+  auth_none
+}
+routes_url() { echo "/api/v1/svc5000/items/42"; }
+scenario_routes1_nginx()    { :; }
+scenario_routes1_routes()   { routes_target; }
+scenario_routes1_run()      { bench_pair_cpu routes1 "$NGINX_URL$(routes_url)" "$PORTCULLIS_URL$(routes_url)"; }
+scenario_routes10k_nginx()  { :; }
+scenario_routes10k_routes() {
+  local i
+  for ((i = 0; i < 10000; i++)); do
+    if ((i == 5000)); then routes_target; else routes_filler "$i"; fi
+  done
+}
+scenario_routes10k_run()    { bench_pair_cpu routes10k "$NGINX_URL$(routes_url)" "$PORTCULLIS_URL$(routes_url)"; }
 
 for s in $SCENARIOS; do
   declare -F "scenario_${s}_run" >/dev/null || die "unknown scenario '$s'"

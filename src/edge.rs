@@ -284,8 +284,9 @@ where
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let mut served: u32 = 0;
-        // Given back when the connection idles: see `readable` and `BUFFER_LINGER`.
-        let mut buf = BytesMut::with_capacity(limits.head_buffer_bytes);
+        // Allocated when the first bytes arrive, given back when the connection idles: see
+        // `readable` and `BUFFER_LINGER`. A connection that never sends holds none.
+        let mut buf = BytesMut::new();
         loop {
             let head = match read_head(&limits, &mut stream, &mut buf, served == 0, &shutdown).await
             {
