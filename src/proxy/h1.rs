@@ -28,6 +28,7 @@ use super::admit::{admit, Admission};
 use super::headers::request_id_in;
 use super::plan::plan_parts;
 use super::wire::{self, Answering, BadResponse, ChunkedScanner, Forwarding, Framing};
+use super::InFlight;
 use crate::config::{HashKey, LbPolicy};
 use crate::observability::metrics::NO_ROUTE;
 use crate::observability::{
@@ -323,22 +324,6 @@ impl RequestParts {
             uri,
             headers,
         })
-    }
-}
-
-/// Counts a request in `portcullis_requests_in_flight` for as long as it lives.
-struct InFlight;
-
-impl InFlight {
-    fn new() -> InFlight {
-        metrics().in_flight().inc();
-        InFlight
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        metrics().in_flight().dec();
     }
 }
 

@@ -32,7 +32,8 @@ use crate::routing::RouteId;
 use crate::runtime::{RouteTarget, Runtime, SharedRuntime};
 use crate::upstream::{failure_reason, SelectError};
 
-/// Counts a request in `portcullis_requests_in_flight` for as long as it lives.
+/// Counts a request in `portcullis_requests_in_flight` for as long as it lives (both
+/// conductors).
 struct InFlight;
 
 impl InFlight {
