@@ -361,6 +361,21 @@ impl ChunkedScanner {
         self.state == ChunkState::Done
     }
 
+    /// One byte inside a bounded line (a chunk extension, a trailer field): CR ends it and
+    /// moves to `after_cr`; a bare LF or a line over `limit` is refused.
+    fn line_byte(&mut self, b: u8, limit: usize, after_cr: ChunkState) -> Result<(), BadChunk> {
+        self.line_bytes += 1;
+        match b {
+            _ if self.line_bytes > limit => Err(BadChunk),
+            b'\r' => {
+                self.state = after_cr;
+                Ok(())
+            }
+            b'\n' => Err(BadChunk),
+            _ => Ok(()),
+        }
+    }
+
     /// Follows `data`; returns how many of its bytes belong to the body (all of them unless
     /// the body ended inside `data`).
     pub fn scan(&mut self, data: &[u8]) -> Result<usize, BadChunk> {
@@ -386,17 +401,7 @@ impl ChunkedScanner {
                         _ => return Err(BadChunk),
                     }
                 }
-                Extension => {
-                    self.line_bytes += 1;
-                    if self.line_bytes > MAX_CHUNK_LINE {
-                        return Err(BadChunk);
-                    }
-                    match b {
-                        b'\r' => self.state = SizeLf,
-                        b'\n' => return Err(BadChunk),
-                        _ => {}
-                    }
-                }
+                Extension => self.line_byte(b, MAX_CHUNK_LINE, SizeLf)?,
                 SizeLf => {
                     if b != b'\n' {
                         return Err(BadChunk);
@@ -435,17 +440,7 @@ impl ChunkedScanner {
                         _ => TrailerLine,
                     };
                 }
-                TrailerLine => {
-                    self.line_bytes += 1;
-                    if self.line_bytes > MAX_TRAILER_BYTES {
-                        return Err(BadChunk);
-                    }
-                    match b {
-                        b'\r' => self.state = TrailerLf,
-                        b'\n' => return Err(BadChunk),
-                        _ => {}
-                    }
-                }
+                TrailerLine => self.line_byte(b, MAX_TRAILER_BYTES, TrailerLf)?,
                 TrailerLf => {
                     if b != b'\n' {
                         return Err(BadChunk);
