@@ -281,6 +281,24 @@ fn sigterm_lets_requests_in_flight_finish() {
     assert!(wait_until(Duration::from_secs(15), || gw.exited()));
 }
 
+#[test]
+fn sigterm_closes_idle_keepalive_connections_at_once() {
+    // A long grace period keeps the process alive well past the assertion: only the edge's
+    // own shutdown wake can close the idle connection this soon.
+    let (_b, mut gw) = one_backend_gateway("  grace_period: 30s\n");
+    let mut idle = Conn::open(gw.addr).unwrap();
+    let r = idle.request("GET /x HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(r.status, 200);
+    // Whether the connection still holds its head buffer (the first 100 ms) or waits on
+    // the idle clock already, shutdown reaches it through the clock.
+    let start = std::time::Instant::now();
+    gw.signal("TERM");
+    assert!(idle.closed_by_peer());
+    let closed = start.elapsed();
+    assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
+    assert!(!gw.exited(), "the process ended: {}", gw.log());
+}
+
 const METRICS_CONFIG: &str = r#"
 auth:
   jwt:

@@ -255,12 +255,20 @@ pub struct Gateway {
     pub dir: PathBuf,
 }
 
-/// The `server` section every test gateway gets, before its own extra keys.
-fn server_yaml(dir: &std::path::Path, port: u16, admin_port: u16) -> String {
-    format!(
+/// The `server` section every test gateway gets, before its own extra keys (a key the
+/// extra keys set is left out here: YAML refuses a key twice).
+fn server_yaml(dir: &std::path::Path, port: u16, admin_port: u16, extra: &str) -> String {
+    let base = format!(
         "server:\n  listen: [\"127.0.0.1:{port}\"]\n  admin_listen: \"127.0.0.1:{admin_port}\"\n  threads: 1\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/gw.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n",
         d = dir.display()
-    )
+    );
+    base.lines()
+        .filter(|line| {
+            let key = line.trim_start().split(':').next().unwrap_or("");
+            !line.starts_with("  ") || !extra.contains(&format!("  {key}:"))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -296,7 +304,7 @@ impl Gateway {
         let admin_port = free_port();
         let yaml = format!(
             "{}{server_extra}\n{rest}",
-            server_yaml(&dir, port, admin_port)
+            server_yaml(&dir, port, admin_port, server_extra)
         );
         let conf = dir.join("gateway.yaml");
         std::fs::write(&conf, &yaml).unwrap();
@@ -338,7 +346,7 @@ impl Gateway {
     pub fn write_config(&self, server_extra: &str, rest: &str) {
         let yaml = format!(
             "{}{server_extra}\n{rest}",
-            server_yaml(&self.dir, self.addr.port(), self.admin.port())
+            server_yaml(&self.dir, self.addr.port(), self.admin.port(), server_extra)
         );
         std::fs::write(self.dir.join("gateway.yaml"), yaml).unwrap();
     }
