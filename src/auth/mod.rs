@@ -253,7 +253,9 @@ impl Authenticator {
         };
         let identity = match self.verify(token, unix_now()) {
             Err(TokenError::UnknownKey) if self.may_refresh_for_unknown_kid(token) => {
-                if let Err(e) = self.refresh().await {
+                // Boxed: the JWKS fetch is a large future (an HTTP client's), and every
+                // request's future would otherwise carry its size (and copy it when boxed).
+                if let Err(e) = Box::pin(self.refresh()).await {
                     log::warn!("JWKS refresh for an unknown kid failed: {e}");
                 }
                 self.verify(token, unix_now())

@@ -777,3 +777,36 @@ async fn relay_body(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Runtime, SharedRuntime};
+
+    /// Each request's future is boxed (see `edge`), and a box is filled by copying the whole
+    /// future: rare paths with large futures (a JWKS fetch, a Redis round trip) are boxed
+    /// where they are awaited, so that the common request does not copy their size. They
+    /// once made this future 12.7 KB, a 2% memcpy in the chain's profile.
+    #[cfg(not(debug_assertions))]
+    #[tokio::test]
+    async fn a_request_future_stays_small() {
+        let cfg = crate::config::parse(
+            "upstreams:\n  u: { backends: [\"127.0.0.1:9\"] }\nroutes:\n  - { name: a, match: { path: /a }, upstream: u }\n",
+        )
+        .unwrap();
+        let shared = Arc::new(SharedRuntime::new(
+            Runtime::build(&cfg, None, None).unwrap(),
+        ));
+        let lean = LeanProxy::new(shared, None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut stream: Stream = Box::new(pingora_core::protocols::l4::stream::Stream::from(
+            listener.accept().await.unwrap().0,
+        ));
+        let mut buf = BytesMut::new();
+        let size = std::mem::size_of_val(&lean.serve(&mut stream, &mut buf, 1, false, None));
+        assert!(size <= 3072, "the lean request future grew to {size} bytes");
+    }
+}

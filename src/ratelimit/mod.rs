@@ -163,10 +163,10 @@ impl RateLimits {
                     store,
                     allow_on_error,
                 } => {
-                    match store
-                        .check(&redis_key(&p.name, &key), p.window_ms, p.limit)
-                        .await
-                    {
+                    // Boxed: a Redis round trip's future is large, and a local-store request's
+                    // future would otherwise carry (and, when boxed, copy) its size.
+                    let redis_key = redis_key(&p.name, &key);
+                    match Box::pin(store.check(&redis_key, p.window_ms, p.limit)).await {
                         Ok(v) => v,
                         // Failing open: this policy says nothing, neither a refusal nor headers.
                         Err(_) if *allow_on_error => continue,
