@@ -17,7 +17,6 @@
 //! between requests read.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Once, Weak};
 use std::task::Poll;
@@ -25,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use pingora_core::protocols::Stream;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
 /// The clock's resolution: how late a deadline may fire.
@@ -155,12 +154,8 @@ impl IdleClock {
                         Poll::Ready(Err(_)) => Poll::Ready(Some(Wake::Gone)),
                         Poll::Pending => Poll::Pending,
                     },
-                    None => {
-                        let mut nothing = ReadBuf::new(&mut []);
-                        Pin::new(&mut *stream)
-                            .poll_read(cx, &mut nothing)
-                            .map(|r| Some(if r.is_ok() { Wake::Data } else { Wake::Gone }))
-                    }
+                    None => super::poll_readable(stream, cx)
+                        .map(|r| Some(if r.is_ok() { Wake::Data } else { Wake::Gone })),
                 };
                 match read {
                     Poll::Pending => woken.as_mut().poll(cx).map(|()| None),

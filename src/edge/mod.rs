@@ -24,6 +24,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_timeout::fast_timeout::fast_timeout;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
@@ -90,7 +91,7 @@ impl<A> std::ops::Deref for OpenConnection<A> {
 pub enum Head {
     /// A complete, well-formed head (and maybe the start of the body) is in the buffer.
     Complete(HeadInfo),
-    /// The connection closed, or sat idle, before a request began: close quietly.
+    /// The client closed, or the socket failed, while the head was read: close quietly.
     Gone,
     /// The head did not complete within the deadline: close.
     TimedOut,
@@ -181,11 +182,13 @@ async fn refuse(stream: &mut Stream, err: &GatewayError, head_only: bool) {
 /// read parks on the socket's readiness. An idle connection so holds no read buffer at all
 /// (what nginx does with keep-alive connections); the buffer is allocated when bytes arrive.
 pub async fn readable(stream: &mut Stream) -> std::io::Result<()> {
-    std::future::poll_fn(|cx| {
-        let mut nothing = ReadBuf::new(&mut []);
-        Pin::new(&mut *stream).poll_read(cx, &mut nothing)
-    })
-    .await
+    std::future::poll_fn(|cx| poll_readable(stream, cx)).await
+}
+
+/// One poll of [`readable`].
+fn poll_readable(stream: &mut Stream, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    let mut nothing = ReadBuf::new(&mut []);
+    Pin::new(stream).poll_read(cx, &mut nothing)
 }
 
 /// Polls a future once, without a waker to call: `None` if it would wait.
@@ -193,8 +196,8 @@ fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     match fut.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
     }
 }
 
@@ -507,7 +510,8 @@ mod tests {
         );
     }
 }
-#[cfg(test)]
+/// Release builds only (`make test`): a debug build keeps more locals in a future.
+#[cfg(all(test, not(debug_assertions)))]
 mod idle_cost {
     use super::*;
 
@@ -526,8 +530,6 @@ mod idle_cost {
     /// header, in 128-byte steps), Pingora's stream and digest, and tokio's registration.
     /// Up to 416 bytes the task stays in a 512-byte allocation; the per-request state must
     /// stay in the boxed `turn`, not here (issue 8: under 2 KiB per idle connection).
-    /// Release builds only (`make test`): a debug build keeps more locals in a future.
-    #[cfg(not(debug_assertions))]
     #[test]
     fn a_connection_future_stays_small() {
         let size = future_size(|app, stream, shutdown| app.serve_connection(stream, shutdown));
