@@ -1,4 +1,5 @@
-//! The edge's per-request head checks: httparse completeness plus the desync classifier.
+//! The edge's per-request head checks: httparse completeness plus the desync classification
+//! (its fast path for plainly compliant heads, and the classifier alone).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use portcullis::edge::{check_head, framing_tier};
@@ -15,7 +16,7 @@ Connection: keep-alive\r\n\r\n";
 
 fn bench(c: &mut Criterion) {
     c.bench_function(
-        "check_head (httparse + desync classifier), 480-byte head",
+        "check_head (httparse + desync fast path), 480-byte head",
         |b| b.iter(|| check_head(black_box(HEAD), 65536)),
     );
     c.bench_function("framing_tier (desync classifier alone)", |b| {

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use http_desync_guardian::request_analyzer::HttpRequestData;
 use http_desync_guardian::RequestSafetyTier;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
@@ -28,8 +27,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
+mod framing;
 mod idle;
 
+pub use self::framing::{framing_tier, parsed_framing_tier};
 use self::idle::{IdleClock, Wake};
 use crate::config::ServerConfig;
 use crate::observability::metrics;
@@ -110,11 +111,12 @@ pub struct HeadInfo {
 
 /// Checks a buffer for a complete request head; `Ok(None)`: not complete yet.
 pub fn check_head(buf: &[u8], max_bytes: usize) -> Result<Option<HeadInfo>, ErrorCode> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    // Uninitialised slots: httparse writes only those it fills (no 4 KiB memset per head).
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) if n > max_bytes => Err(ErrorCode::HeadersTooLarge),
-        Ok(httparse::Status::Complete(n)) => match framing_tier(&buf[..n]) {
+        Ok(httparse::Status::Complete(n)) => match parsed_framing_tier(&buf[..n], &req) {
             tier @ (RequestSafetyTier::Compliant | RequestSafetyTier::Acceptable) => {
                 Ok(Some(HeadInfo {
                     compliant: tier == RequestSafetyTier::Compliant,
@@ -128,16 +130,6 @@ pub fn check_head(buf: &[u8], max_bytes: usize) -> Result<Option<HeadInfo>, Erro
         Err(httparse::Error::TooManyHeaders) => Err(ErrorCode::HeadersTooLarge),
         Err(_) => Err(ErrorCode::BadRequest),
     }
-}
-
-/// How a request head rates for request smuggling (HTTP desync), by the rules of AWS's
-/// http_desync_guardian (what ALB applies): `Severe` (two Content-Lengths, a list in one,
-/// control characters in the target, a broken Transfer-Encoding...) and `Ambiguous` (TE with
-/// CL, a body on GET/HEAD, look-alike framing header names...) heads are refused, since an
-/// upstream might cut the stream into requests differently than Pingora does. The raw bytes
-/// are analysed, not httparse's reading of them: the point is what *another* parser could see.
-pub fn framing_tier(head: &[u8]) -> RequestSafetyTier {
-    HttpRequestData::analyze_raw_request(head).tier
 }
 
 /// The app Pingora runs per accepted connection.
