@@ -21,8 +21,10 @@
 #   open_loop  GET /           fixed-rate open-loop load with oha (--latency-correction -q RATE),
 #                              RATE = RATE_PCT% of nginx's median plain req/s of this run
 # Closed-loop runs: wrk -t1 -c32 -dDURATION --latency (+ a Lua `done` hook for p99.9).
-# Prints one table per scenario (median req/s, p50, p99, p99.9, ratios to nginx), and can
-# write JSON, a markdown snippet and an SVG chart (load-tests/chart.py).
+# Prints one table per scenario (median req/s, p50, p99, p99.9, ratios to nginx, and the
+# proxy's CPU time per request from /proc: user + system µs, steadier than req/s when client,
+# upstream and proxy share two cores), and can write JSON, a markdown snippet and an SVG chart
+# (load-tests/chart.py).
 #
 # This is a benchmark, not a test: it is not part of CI. See load-tests/README.md.
 #
@@ -899,11 +901,27 @@ declare -A SC_PXS=()   # scenario -> proxies measured
 declare -A SC_CMD=()   # scenario -> command line, for the report
 WARNINGS=()
 
+# CPU time (user, system; clock ticks) of a started process and its children (nginx's and
+# HAProxy's workers), from /proc: how much CPU each request costs, which two shared cores make
+# far steadier than req/s.
+proc_ticks() {  # name -> "user sys"
+  local pid kids
+  pid="$(pid_of "$1")"
+  [[ -n "$pid" ]] || { echo "0 0"; return; }
+  kids="$(pgrep -P "$pid" 2>/dev/null | tr '\n' ' ')"
+  # shellcheck disable=SC2086
+  for p in $pid $kids; do cat "/proc/$p/stat" 2>/dev/null; done |
+    awk '{ sub(/^.*\) /, ""); u += $12; s += $13 } END { printf "%d %d\n", u, s }'
+}
+CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+
 measure() {  # scenario proxy round
   local sc="$1" px="$2" r="$3" url out vals a extra=()
   url="$(url_of "$px" "$(path_of "$sc" "$px")")"
   mapfile -t extra < <(load_args "$sc")
   out="$TMP/$sc-$px-$r.txt"
+  local t0 t1
+  read -ra t0 <<<"$(proc_ticks "$px")"
   if [[ "$sc" == open_loop ]]; then
     run_load "$out" "$OHA_BIN" -z "${DURATION}s" -c "$CONNECTIONS" -q "$RATE" --latency-correction \
       --no-tui "${OHA_JSON_FLAG[@]}" "${OHA_THREAD_ARGS[@]}" "${extra[@]}" "$url"
@@ -913,9 +931,14 @@ measure() {  # scenario proxy round
       -s "$TMP/pctl.lua" "${extra[@]}" "$url"
     vals="$(parse_wrk "$out")" || { cat "$out" >&2; die "could not parse wrk output ($out)"; }
   fi
+  read -ra t1 <<<"$(proc_ticks "$px")"
+  read -ra a <<<"$vals"
+  # user and system µs of the proxy's CPU per answered request (req/s x duration answers)
+  vals+=" $(awk -v u=$((t1[0] - t0[0])) -v s=$((t1[1] - t0[1])) -v hz="$CLK_TCK" -v n="$(awk -v r="${a[0]}" -v d="$DURATION" 'BEGIN { print r * d }')" \
+    'BEGIN { if (n > 0) printf "%.2f %.2f", u / hz * 1e6 / n, s / hz * 1e6 / n; else print "-1 -1" }')"
   RES["$sc|$px|$r"]="$vals"
   read -ra a <<<"$vals"
-  log "$(printf '%-9s round %d %-10s %9s req/s  p50 %7s  p99 %7s  p99.9 %7s ms  errors %s' "$sc" "$r" "$px" "${a[@]}")"
+  log "$(printf '%-9s round %d %-10s %9s req/s  p50 %7s  p99 %7s  p99.9 %7s ms  errors %s  cpu/req user %s sys %s us' "$sc" "$r" "$px" "${a[@]}")"
   if (( a[4] != 0 )); then
     WARNINGS+=("$px had ${a[4]} errors (non-2xx or socket errors) in round $r of $sc")
     log "WARNING: ${WARNINGS[-1]}"
@@ -973,17 +996,18 @@ run_scenario() {  # scenario
   compute_medians "$sc"
 }
 
-declare -A MED=()      # "scenario|proxy" -> "rps p50 p99 p999 errors_total spread_pct"
+declare -A MED=()      # "scenario|proxy" -> "rps p50 p99 p999 errors_total spread_pct cpu_us_per_req"
 compute_medians() {  # scenario
-  local sc="$1" px r v rs p50s p99s p999s et spread
+  local sc="$1" px r v rs p50s p99s p999s et spread cpus
   for px in ${SC_PXS[$sc]}; do
-    rs=(); p50s=(); p99s=(); p999s=(); et=0
+    rs=(); p50s=(); p99s=(); p999s=(); et=0; cpus=()
     for ((r = 1; r <= ROUNDS; r++)); do
       read -ra v <<<"${RES["$sc|$px|$r"]}"
       rs+=("${v[0]}"); p50s+=("${v[1]}"); p99s+=("${v[2]}"); p999s+=("${v[3]}"); et=$((et + v[4]))
+      cpus+=("$(awk -v u="${v[5]}" -v s="${v[6]}" 'BEGIN { print u + s }')")
     done
     spread="$(printf '%s\n' "${rs[@]}" | sort -g | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.1f", (m > 0) ? 100 * (a[NR] - a[1]) / m : 0 }')"
-    MED["$sc|$px"]="$(median "${rs[@]}") $(median "${p50s[@]}") $(median "${p99s[@]}") $(median "${p999s[@]}") $et $spread"
+    MED["$sc|$px"]="$(median "${rs[@]}") $(median "${p50s[@]}") $(median "${p99s[@]}") $(median "${p999s[@]}") $et $spread $(median "${cpus[@]}")"
   done
 }
 
@@ -1083,11 +1107,11 @@ fmt_ms() { awk -v v="$1" 'BEGIN { if (v < 0) print "n/a"; else printf "%.3f", v 
     echo "== $(sc_title "$sc")"
     if [[ -n "${SC_SKIP[$sc|*]:-}" ]]; then echo "skipped: ${SC_SKIP[$sc|*]}"; continue; fi
     echo "command: ${SC_CMD[$sc]}"
-    printf '%-11s %10s %9s %9s %9s %7s %8s %8s %7s\n' proxy req/s "p50 ms" "p99 ms" "p99.9 ms" errors "x nginx" "p99 x" spread
+    printf '%-11s %10s %9s %9s %9s %7s %8s %8s %7s %9s\n' proxy req/s "p50 ms" "p99 ms" "p99.9 ms" errors "x nginx" "p99 x" spread "cpu us/r"
     for px in ${SC_PXS[$sc]}; do
       read -ra m <<<"${MED[$sc|$px]}"
-      printf '%-11s %10.0f %9s %9s %9s %7s %8s %8s %6s%%\n' "$px" "${m[0]}" "$(fmt_ms "${m[1]}")" "$(fmt_ms "${m[2]}")" \
-        "$(fmt_ms "${m[3]}")" "${m[4]}" "$(px_ratio "$sc" "$px" 0)" "$(px_ratio "$sc" "$px" 2)" "${m[5]}"
+      printf '%-11s %10.0f %9s %9s %9s %7s %8s %8s %6s%% %9s\n' "$px" "${m[0]}" "$(fmt_ms "${m[1]}")" "$(fmt_ms "${m[2]}")" \
+        "$(fmt_ms "${m[3]}")" "${m[4]}" "$(px_ratio "$sc" "$px" 0)" "$(px_ratio "$sc" "$px" 2)" "${m[5]}" "${m[6]}"
     done
     for px in ${SC_PXS[$sc]}; do echo "  $px: ${WHAT[$sc|$px]}"; done
     sc_notes "$sc"
@@ -1095,7 +1119,8 @@ fmt_ms() { awk -v v="$1" 'BEGIN { if (v < 0) print "n/a"; else printf "%.3f", v 
   done
   echo
   echo "x nginx = median req/s / nginx's median req/s in the same scenario; p99 x = the same for p99;"
-  echo "spread = (max - min) / median of the rounds' req/s."
+  echo "spread = (max - min) / median of the rounds' req/s; cpu us/r = median CPU time (user + system)"
+  echo "of the proxy's processes per answered request, from /proc (steadier than req/s on shared cores)."
   echo
   echo "ratios to nginx (median req/s; open_loop: p99):"
   for sc in "${SCS[@]}"; do
@@ -1126,12 +1151,12 @@ if [[ -n "$RESULT_FILE" ]]; then
       if [[ -n "${SC_SKIP[$sc|*]:-}" ]]; then echo "Skipped: ${SC_SKIP[$sc|*]}"; continue; fi
       echo "\`${SC_CMD[$sc]}\`"
       echo
-      echo "| proxy | what | req/s | p50 ms | p99 ms | p99.9 ms | errors | x nginx | p99 x nginx |"
-      echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+      echo "| proxy | what | req/s | p50 ms | p99 ms | p99.9 ms | errors | x nginx | p99 x nginx | CPU µs/request |"
+      echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
       for px in ${SC_PXS[$sc]}; do
         read -ra m <<<"${MED[$sc|$px]}"
-        printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$px" "${WHAT[$sc|$px]}" "${m[0]}" "$(fmt_ms "${m[1]}")" \
-          "$(fmt_ms "${m[2]}")" "$(fmt_ms "${m[3]}")" "${m[4]}" "$(px_ratio "$sc" "$px" 0)" "$(px_ratio "$sc" "$px" 2)"
+        printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' "$px" "${WHAT[$sc|$px]}" "${m[0]}" "$(fmt_ms "${m[1]}")" \
+          "$(fmt_ms "${m[2]}")" "$(fmt_ms "${m[3]}")" "${m[4]}" "$(px_ratio "$sc" "$px" 0)" "$(px_ratio "$sc" "$px" 2)" "${m[6]}"
       done
       note="$(sc_notes "$sc")"; [[ -z "$note" ]] || { echo; echo "$note"; }
       tl="$(target_line "$sc")"; [[ -z "$tl" ]] || { echo; echo "**$tl**"; }
@@ -1186,13 +1211,13 @@ write_json() {  # path
       psep=""
       for px in ${SC_PXS[$sc]:-}; do
         read -ra m <<<"${MED[$sc|$px]}"
-        printf '%s\n        "%s": {"what": "%s", "median": {"rps": %s, "p50_ms": %s, "p99_ms": %s, "p999_ms": %s}, "errors": %s, "rps_spread_pct": %s, "ratio_rps": %s, "ratio_p99": %s, "rounds": [' \
-          "$psep" "$px" "$(json_esc "${WHAT[$sc|$px]}")" "${m[0]}" "${m[1]}" "${m[2]}" "${m[3]}" "${m[4]}" "${m[5]}" \
+        printf '%s\n        "%s": {"what": "%s", "median": {"rps": %s, "p50_ms": %s, "p99_ms": %s, "p999_ms": %s, "cpu_us_per_request": %s}, "errors": %s, "rps_spread_pct": %s, "ratio_rps": %s, "ratio_p99": %s, "rounds": [' \
+          "$psep" "$px" "$(json_esc "${WHAT[$sc|$px]}")" "${m[0]}" "${m[1]}" "${m[2]}" "${m[3]}" "${m[6]}" "${m[4]}" "${m[5]}" \
           "$(json_num "$(px_ratio "$sc" "$px" 0)")" "$(json_num "$(px_ratio "$sc" "$px" 2)")"
         rsep=""
         for ((r = 1; r <= ROUNDS; r++)); do
           read -ra v <<<"${RES["$sc|$px|$r"]}"
-          printf '%s{"rps": %s, "p50_ms": %s, "p99_ms": %s, "p999_ms": %s, "errors": %s}' "$rsep" "${v[@]}"
+          printf '%s{"rps": %s, "p50_ms": %s, "p99_ms": %s, "p999_ms": %s, "errors": %s, "cpu_user_us_per_request": %s, "cpu_sys_us_per_request": %s}' "$rsep" "${v[@]}"
           rsep=", "
         done
         printf ']}'
