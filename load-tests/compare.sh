@@ -77,6 +77,8 @@ set -euo pipefail
 
 # ---------------------------------------------------------------- settings
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=load-tests/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 cd "$REPO_ROOT"
 
@@ -168,22 +170,6 @@ PIDS=()            # "name:pid:signal" for every long-running process we started
 LOAD_PID=""        # the running wrk/oha, if any
 POLICY_RC_CREATED=0
 
-stop_pid() {  # name pid signal   -- pid leads its own process group (see start_bg)
-  local name="$1" pid="$2" sig="$3" i
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "-$sig" "$pid" 2>/dev/null || true           # the leader only: nginx master stops its workers
-    for ((i = 0; i < 50; i++)); do                    # up to 5 s
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name (pid $pid) ignored SIG$sig for 5 s, sending SIGKILL"
-    fi
-  fi
-  kill -KILL -- "-$pid" 2>/dev/null || true           # sweep the group: leader if stuck, orphans
-  wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
   local rc=$?
   set +e
@@ -213,7 +199,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- dependencies
-as_root() { if (( EUID == 0 )); then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi; }
 can_root() { (( EUID == 0 )) || sudo -n true 2>/dev/null; }
 
 apt_install() {  # pkg...
@@ -379,7 +364,6 @@ else
 fi
 
 # ---------------------------------------------------------------- busy machine?
-cpu_sample() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat; }
 BUSY_PCT="?"
 if [[ -r /proc/stat ]]; then
   read -r t0 i0 < <(cpu_sample); sleep 0.5; read -r t1 i1 < <(cpu_sample)
@@ -393,23 +377,7 @@ if pgrep -x 'rustc|cc1|cc1plus|ld|cargo' >/dev/null 2>&1; then
 fi
 
 # ---------------------------------------------------------------- ports & temp dir
-port_busy() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 USED_PORTS=" "
-pick_port() {  # VAR default
-  local var="$1" p
-  if [[ -n "${!var:-}" ]]; then
-    p="${!var}"
-    port_busy "$p" && die "$var=$p is already in use"
-  else
-    p="$2"
-    while port_busy "$p" || [[ "$USED_PORTS" == *" $p "* ]]; do
-      p=$((p + 1)); (( p < 65535 )) || die "no free port for $var"
-    done
-  fi
-  [[ "$USED_PORTS" == *" $p "* ]] && die "$var=$p collides with another port"
-  USED_PORTS+="$p "
-  printf -v "$var" '%s' "$p"
-}
 pick_port UPSTREAM_PORT 18181
 pick_port NGINX_PORT 18182
 pick_port HAPROXY_PORT 18183
@@ -669,7 +637,6 @@ start_bg() {  # name stop-signal cmd...   (stdout+stderr -> $TMP/name.log)
   PIDS+=("$name:$pid:$sig")
   log "started $name (pid $pid): $*"
 }
-pid_of() { local e; for e in "${PIDS[@]}"; do [[ "${e%%:*}" == "$1" ]] && { e="${e#*:}"; echo "${e%%:*}"; return; }; done; }
 stop_named() {  # name  -- stop one started process now (and forget it)
   local i entry name pid sig
   for i in "${!PIDS[@]}"; do
@@ -902,16 +869,14 @@ declare -A SC_CMD=()   # scenario -> command line, for the report
 WARNINGS=()
 
 # CPU time (user, system; clock ticks) of a started process and its children (nginx's and
-# HAProxy's workers), from /proc: how much CPU each request costs, which two shared cores make
-# far steadier than req/s.
-proc_ticks() {  # name -> "user sys"
-  local pid kids
+# HAProxy's workers): how much CPU each request costs, which two shared cores make far
+# steadier than req/s.
+px_ticks() {  # name -> "user sys"
+  local pid
   pid="$(pid_of "$1")"
   [[ -n "$pid" ]] || { echo "0 0"; return; }
-  kids="$(pgrep -P "$pid" 2>/dev/null | tr '\n' ' ')"
-  # shellcheck disable=SC2086
-  for p in $pid $kids; do cat "/proc/$p/stat" 2>/dev/null; done |
-    awk '{ sub(/^.*\) /, ""); u += $12; s += $13 } END { printf "%d %d\n", u, s }'
+  # shellcheck disable=SC2046
+  proc_ticks "$pid" $(pgrep -P "$pid" 2>/dev/null)
 }
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
 
@@ -921,7 +886,7 @@ measure() {  # scenario proxy round
   mapfile -t extra < <(load_args "$sc")
   out="$TMP/$sc-$px-$r.txt"
   local t0 t1
-  read -ra t0 <<<"$(proc_ticks "$px")"
+  read -ra t0 <<<"$(px_ticks "$px")"
   if [[ "$sc" == open_loop ]]; then
     run_load "$out" "$OHA_BIN" -z "${DURATION}s" -c "$CONNECTIONS" -q "$RATE" --latency-correction \
       --no-tui "${OHA_JSON_FLAG[@]}" "${OHA_THREAD_ARGS[@]}" "${extra[@]}" "$url"
@@ -931,7 +896,7 @@ measure() {  # scenario proxy round
       -s "$TMP/pctl.lua" "${extra[@]}" "$url"
     vals="$(parse_wrk "$out")" || { cat "$out" >&2; die "could not parse wrk output ($out)"; }
   fi
-  read -ra t1 <<<"$(proc_ticks "$px")"
+  read -ra t1 <<<"$(px_ticks "$px")"
   read -ra a <<<"$vals"
   # user and system µs of the proxy's CPU per answered request (req/s x duration answers)
   vals+=" $(awk -v u=$((t1[0] - t0[0])) -v s=$((t1[1] - t0[1])) -v hz="$CLK_TCK" -v n="$(awk -v r="${a[0]}" -v d="$DURATION" 'BEGIN { print r * d }')" \
@@ -945,7 +910,6 @@ measure() {  # scenario proxy round
   fi
 }
 
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { printf "%.3f\n", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a >= 0) printf "%.3f", a / b; else print "n/a" }'; }
 
 run_scenario() {  # scenario

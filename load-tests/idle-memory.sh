@@ -82,6 +82,8 @@ set -euo pipefail
 
 # ---------------------------------------------------------------- settings
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=load-tests/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 cd "$REPO_ROOT"
 
@@ -151,22 +153,6 @@ PIDS=()            # "name:pid:signal" for every long-running server we started
 LOAD_PID=""        # a running wrk, if any
 CLIENT_PID=""      # a running idle_client.py, if any
 CL_W=""; CL_R=""   # its command / answer FIFOs
-
-stop_pid() {  # name pid signal   -- pid leads its own process group (see start_bg)
-  local name="$1" pid="$2" sig="$3" i
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "-$sig" "$pid" 2>/dev/null || true           # the leader only: nginx master stops its workers
-    for ((i = 0; i < 50; i++)); do                    # up to 5 s
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name (pid $pid) ignored SIG$sig for 5 s, sending SIGKILL"
-    fi
-  fi
-  kill -KILL -- "-$pid" 2>/dev/null || true           # sweep the group: leader if stuck, orphans
-  wait "$pid" 2>/dev/null || true
-}
 
 stop_client() {  # ends idle_client.py the hard way (normal path: client_close)
   [[ -n "$CLIENT_PID" ]] || return 0
@@ -251,7 +237,6 @@ NOFILE="$(ulimit -Sn)"      # what the servers get (nginx: worker_rlimit_nofile)
 log "ulimit -n $NOFILE (hard $(ulimit -Hn))"
 
 # ---------------------------------------------------------------- busy machine?
-cpu_sample() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat; }
 BUSY_PCT="?"
 if [[ -r /proc/stat ]]; then
   read -r t0 i0 < <(cpu_sample); sleep 0.5; read -r t1 i1 < <(cpu_sample)
@@ -263,23 +248,7 @@ if pgrep -x 'rustc|cc1|cc1plus|ld|cargo' >/dev/null 2>&1; then
 fi
 
 # ---------------------------------------------------------------- ports & temp dir
-port_busy() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 USED_PORTS=" "
-pick_port() {  # VAR default
-  local var="$1" p
-  if [[ -n "${!var:-}" ]]; then
-    p="${!var}"
-    port_busy "$p" && die "$var=$p is already in use"
-  else
-    p="$2"
-    while port_busy "$p" || [[ "$USED_PORTS" == *" $p "* ]]; do
-      p=$((p + 1)); (( p < 65535 )) || die "no free port for $var"
-    done
-  fi
-  [[ "$USED_PORTS" == *" $p "* ]] && die "$var=$p collides with another port"
-  USED_PORTS+="$p "
-  printf -v "$var" '%s' "$p"
-}
 pick_port UPSTREAM_PORT 18281
 pick_port NGINX_PORT 18282
 pick_port PORTCULLIS_PORT 18283
@@ -403,7 +372,6 @@ start_bg() {  # name stop-signal cmd...   (stdout+stderr -> $TMP/name.log)
   PIDS+=("$name:$pid:$sig")
   log "started $name (pid $pid)"
 }
-pid_of() { local e; for e in "${PIDS[@]}"; do [[ "${e%%:*}" == "$1" ]] && { e="${e#*:}"; echo "${e%%:*}"; return; }; done; }
 stop_named() {  # name -- stop it and forget it
   local e keep=() name pid sig
   for e in "${PIDS[@]}"; do
@@ -591,7 +559,6 @@ run_wrk() {
   WRK_VALS="$(parse_wrk "$out")" || { cat "$out" >&2; die "could not parse wrk output ($out)"; }
 }
 
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { printf "%.3f\n", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
 kib_per() { awk -v d="$1" -v n="$2" 'BEGIN { printf "%.2f", d / n }'; }
 

@@ -56,6 +56,8 @@ set -euo pipefail
 
 # ---------------------------------------------------------------- settings
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=load-tests/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 cd "$REPO_ROOT"
 
@@ -100,22 +102,6 @@ TMP=""
 PIDS=()            # "name:pid:signal" for every long-running process we started
 WRK_PID=""
 POLICY_RC_CREATED=0
-
-stop_pid() {  # name pid signal   -- pid leads its own process group (see start_bg)
-  local name="$1" pid="$2" sig="$3" i
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "-$sig" "$pid" 2>/dev/null || true           # the leader only: nginx master stops its workers
-    for ((i = 0; i < 50; i++)); do                    # up to 5 s
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name (pid $pid) ignored SIG$sig for 5 s, sending SIGKILL"
-    fi
-  fi
-  kill -KILL -- "-$pid" 2>/dev/null || true           # sweep the group: leader if stuck, orphans
-  wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   local rc=$?
@@ -287,10 +273,11 @@ composite_n_routes() {  # n
   auth_none
 }
 proc_cpu_ticks() {  # pid -> utime+stime in clock ticks (all threads)
-  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+  proc_ticks "$1" | awk '{ print $1 + $2 }'
 }
-wrk_requests() {  # files... -> total requests wrk completed
-  cat "$@" 2>/dev/null | awk '/requests in/ { n += $1 } END { print n + 0 }'
+wrk_requests() {  # files... -> total requests wrk completed (a missing file, e.g. no warm-up: none)
+  local f
+  for f in "$@"; do if [[ -f "$f" ]]; then cat "$f"; fi; done | awk '/requests in/ { n += $1 } END { print n + 0 }'
 }
 bench_pair_cpu() {  # name url_nginx url_portcullis [wrk args...]  -- bench_pair, then log
   local name="$1" pid t0 t1 reqs hz   # the proxy under test's CPU per answer over the scenario
@@ -378,8 +365,6 @@ scenarios_need() {  # tool  -- does any selected scenario need it?
 }
 
 # ---------------------------------------------------------------- dependencies
-as_root() { if (( EUID == 0 )); then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi; }
-
 apt_install() {  # pkg...
   command -v apt-get >/dev/null || die "missing $*, and no apt-get to install it"
   log "installing: $*"
@@ -466,7 +451,6 @@ mint_token() {  # ALG KEY [KID] [SUB] [TTL_SECS]  -> prints a signed JWT
 
 # A busy machine (e.g. a cargo build) makes the numbers meaningless; say so up front.
 # CPU busy % over 0.5 s from /proc/stat (all CPUs), plus any running rustc/cc.
-cpu_sample() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat; }
 BUSY_PCT="?"
 if [[ -r /proc/stat ]]; then
   read -r t0 i0 < <(cpu_sample); sleep 0.5; read -r t1 i1 < <(cpu_sample)
@@ -480,23 +464,7 @@ if pgrep -x 'rustc|cc1|cc1plus|ld|cargo' >/dev/null 2>&1; then
 fi
 
 # ---------------------------------------------------------------- ports & temp dir
-port_busy() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 USED_PORTS=" "
-pick_port() {  # VAR default
-  local var="$1" p
-  if [[ -n "${!var:-}" ]]; then
-    p="${!var}"
-    port_busy "$p" && die "$var=$p is already in use"
-  else
-    p="$2"
-    while port_busy "$p" || [[ "$USED_PORTS" == *" $p "* ]]; do
-      p=$((p + 1)); (( p < 65535 )) || die "no free port for $var"
-    done
-  fi
-  [[ "$USED_PORTS" == *" $p "* ]] && die "$var=$p collides with another port"
-  USED_PORTS+="$p "
-  printf -v "$var" '%s' "$p"
-}
 pick_port UPSTREAM_PORT 18081
 pick_port NGINX_PORT 18082
 pick_port PORTCULLIS_PORT 18083
@@ -636,8 +604,6 @@ start_bg() {  # name stop-signal cmd...   (stdout+stderr -> $TMP/name.log)
   PIDS+=("$name:$pid:$sig")
   log "started $name (pid $pid): $*"
 }
-pid_of() { local e; for e in "${PIDS[@]}"; do [[ "${e%%:*}" == "$1" ]] && { e="${e#*:}"; echo "${e%%:*}"; return; }; done; }
-
 start_nginx() {  # name pin...
   local name="$1"; shift
   "$NGINX_BIN" -t -q -p "$TMP" -e "$TMP/$name-error.log" -c "$TMP/$name.conf" >"$TMP/$name-configtest.log" 2>&1 ||
@@ -714,7 +680,6 @@ parse_wrk() {
     }' "$1"
 }
 
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { printf "%.3f\n", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 # table row: label proxy "rps p50 p99 errors"
 row() { local v; read -ra v <<<"$3"; printf '%-8s %-14s %10.0f %9.3f %9.3f %7s\n' "$1" "$2" "${v[@]}"; }
 
