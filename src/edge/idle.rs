@@ -62,7 +62,8 @@ pub enum Wake {
     Closing,
 }
 
-/// A ring of tick slots shared by every connection of one listening service.
+/// Rings of tick slots (one per worker thread, up to `RINGS`) shared by every connection of
+/// one listening service.
 pub struct IdleClock {
     slots: Box<[Notify]>,
     start: Instant,
