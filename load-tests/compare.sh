@@ -413,45 +413,6 @@ end
 EOF
 
 # ---------------------------------------------------------------- configs
-nginx_common() {  # name
-  cat <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/$1.pid;
-error_log $TMP/$1-error.log warn;
-events { worker_connections 4096; }
-EOF
-}
-nginx_http_common() {  # name
-  cat <<EOF
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    client_body_temp_path $TMP/nginx-temp/$1-body;
-    proxy_temp_path       $TMP/nginx-temp/$1-proxy;
-    fastcgi_temp_path     $TMP/nginx-temp/$1-fastcgi;
-    uwsgi_temp_path       $TMP/nginx-temp/$1-uwsgi;
-    scgi_temp_path        $TMP/nginx-temp/$1-scgi;
-EOF
-}
-
-write_upstream_conf() {
-  { nginx_common upstream
-    cat <<EOF
-http {
-$(nginx_http_common upstream)
-    server {
-        listen 127.0.0.1:$UPSTREAM_PORT;
-        location / {
-            default_type application/json;
-            return 200 '$EXPECTED_BODY';
-        }
-    }
-}
-EOF
-  } >"$TMP/upstream.conf"
-}
-
 # nginx: one location for everything, /chain included (nginx OSS cannot verify JWTs).
 write_nginx_conf() {
   { nginx_common nginx

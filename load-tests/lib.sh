@@ -1,6 +1,6 @@
 # Helpers shared by the load-test scripts (run.sh, compare.sh, idle-memory.sh), sourced by
 # each. They use the calling script's globals at call time: PIDS ("name:pid:signal" for every
-# process it started), PORT, TMP and its `log` function.
+# process it started), PORT, TMP, UPSTREAM_PORT, EXPECTED_BODY and its `log` function.
 
 stop_pid() {  # name pid signal   -- pid leads its own process group (see start_bg)
   local name="$1" pid="$2" sig="$3" i
@@ -50,4 +50,46 @@ proc_ticks() {  # pid...
   local p
   for p in "$@"; do cat "/proc/$p/stat" 2>/dev/null; done |
     awk '{ sub(/^.*\) /, ""); u += $12; s += $13 } END { printf "%d %d\n", u, s }'
+}
+
+# The nginx upstream (and the common parts of an nginx config) of run.sh and compare.sh;
+# idle-memory.sh writes its own (sized for its idle connection sets).
+nginx_common() {  # name
+  cat <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/$1.pid;
+error_log $TMP/$1-error.log warn;
+events { worker_connections 4096; }
+EOF
+}
+
+nginx_http_common() {  # name
+  cat <<EOF
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $TMP/nginx-temp/$1-body;
+    proxy_temp_path       $TMP/nginx-temp/$1-proxy;
+    fastcgi_temp_path     $TMP/nginx-temp/$1-fastcgi;
+    uwsgi_temp_path       $TMP/nginx-temp/$1-uwsgi;
+    scgi_temp_path        $TMP/nginx-temp/$1-scgi;
+EOF
+}
+
+write_upstream_conf() {
+  { nginx_common upstream
+    cat <<EOF
+http {
+$(nginx_http_common upstream)
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT;
+        location / {
+            default_type application/json;
+            return 200 '$EXPECTED_BODY';
+        }
+    }
+}
+EOF
+  } >"$TMP/upstream.conf"
 }
