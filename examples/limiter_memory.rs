@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderValue};
 use portcullis::config::DEFAULT_MAX_KEYS;
 use portcullis::ratelimit::{KeyParts, RateLimits};
+use portcullis::request::HeaderView;
 
 struct Counting;
 
@@ -192,7 +193,7 @@ async fn requests(limits: &RateLimits, shape: Shape, range: std::ops::Range<u64>
         }
         let parts = KeyParts {
             client_ip: Some(ip),
-            headers: &headers,
+            headers: HeaderView::Map(&headers),
             identity: None,
             route: "r",
         };

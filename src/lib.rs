@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod observability;
 pub mod proxy;
 pub mod ratelimit;
+pub mod request;
 pub mod respond;
 pub mod routing;
 pub mod runtime;

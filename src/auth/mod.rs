@@ -20,6 +20,7 @@ use http::{header, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::config::{AuthMode, JwtConfig};
+use crate::request::{visible_ascii, HeaderView};
 use crate::respond::{ErrorCode, GatewayError};
 use keys::KeySet;
 use token::{TokenError, TokenPolicy};
@@ -114,21 +115,26 @@ impl Rejection {
 
 /// The bearer token of a request: `Ok(None)` without one (or with another scheme), an error
 /// for an ambiguous or broken `Authorization`.
-pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, TokenError> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
+pub fn bearer_token(headers: HeaderView<'_>) -> Result<Option<&str>, TokenError> {
+    let Some(value) = headers
+        .get_unique(&header::AUTHORIZATION)
+        .map_err(|_| TokenError::Malformed)?
+    else {
         return Ok(None);
     };
-    if values.next().is_some() {
-        return Err(TokenError::Malformed);
-    }
-    let text = value.to_str().map_err(|_| TokenError::Malformed)?;
-    let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let text = visible_ascii(value).ok_or(TokenError::Malformed)?;
+    let (scheme, rest) = match memchr::memchr(b' ', text.as_bytes()) {
+        Some(i) => (
+            text.get(..i).unwrap_or(text),
+            text.get(i + 1..).unwrap_or(""),
+        ),
+        None => (text, ""),
+    };
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
     }
     let token = rest.trim_matches(' ');
-    if token.is_empty() || token.contains(' ') {
+    if token.is_empty() || memchr::memchr(b' ', token.as_bytes()).is_some() {
         return Err(TokenError::Malformed);
     }
     Ok(Some(token))
@@ -139,7 +145,9 @@ pub struct Authenticator {
     config: JwtConfig,
     keys: ArcSwap<KeySet>,
     generation: AtomicU64,
-    cache: DashMap<Box<str>, Arc<Identity>>,
+    /// Keyed by the token. Hashed with a randomly seeded foldhash, not SipHash: only tokens
+    /// whose signature verified enter, so an attacker cannot choose the keys without a key.
+    cache: DashMap<Box<str>, Arc<Identity>, foldhash::fast::RandomState>,
     last_kid_refresh_ms: AtomicU64,
 }
 
@@ -171,7 +179,7 @@ impl Authenticator {
             config: config.clone(),
             keys: ArcSwap::from_pointee(KeySet::default()),
             generation: AtomicU64::new(0),
-            cache: DashMap::new(),
+            cache: DashMap::default(),
             last_kid_refresh_ms: AtomicU64::new(0),
         };
         let set = auth.build_keys(initial_jwks)?;
@@ -238,7 +246,7 @@ impl Authenticator {
     /// `UNKNOWN_KID_REFRESH_INTERVAL`, then one more try.
     pub async fn authenticate(
         &self,
-        headers: &http::HeaderMap,
+        headers: HeaderView<'_>,
         mode: AuthMode,
         required_scopes: &[String],
     ) -> Result<Option<Arc<Identity>>, Rejection> {
@@ -344,5 +352,56 @@ impl Authenticator {
     /// Header names that only the gateway may set upstream.
     pub fn identity_header_names(&self) -> impl Iterator<Item = &HeaderName> {
         self.config.forward_claims.iter().map(|(_, h)| h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+    use crate::auth::token::TokenError;
+    use crate::request::HeaderView;
+
+    fn token_of(values: &[&[u8]]) -> Result<Option<String>, TokenError> {
+        let raw: Vec<httparse::Header<'_>> = values
+            .iter()
+            .map(|v| httparse::Header {
+                name: "Authorization",
+                value: v,
+            })
+            .collect();
+        let mut map = http::HeaderMap::new();
+        for v in values {
+            map.append(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        let from_raw = bearer_token(HeaderView::Raw(&raw)).map(|t| t.map(str::to_owned));
+        let from_map = bearer_token(HeaderView::Map(&map)).map(|t| t.map(str::to_owned));
+        assert_eq!(from_raw, from_map, "{values:?}");
+        from_raw
+    }
+
+    #[test]
+    fn bearer_credentials() {
+        let some = |t: &str| Ok(Some(t.to_owned()));
+        assert_eq!(token_of(&[]), Ok(None));
+        assert_eq!(token_of(&[b"Bearer abc.def"]), some("abc.def"));
+        assert_eq!(token_of(&[b"bEARER   abc  "]), some("abc"));
+        assert_eq!(token_of(&[b"Basic dXNlcg=="]), Ok(None));
+        assert_eq!(token_of(&[b"Bearer\tabc"]), Ok(None));
+        assert_eq!(token_of(&[b"Bearer"]), Err(TokenError::Malformed));
+        assert_eq!(token_of(&[b"Bearer    "]), Err(TokenError::Malformed));
+        assert_eq!(token_of(&[b"Bearer a b"]), Err(TokenError::Malformed));
+        assert_eq!(
+            token_of(&[b"Bearer caf\xc3\xa9"]),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            token_of(&[b"Bearer abc", b"Bearer abc"]),
+            Err(TokenError::Malformed)
+        );
+        // A tab inside the token is not a separator: the token goes on to fail verification.
+        assert_eq!(token_of(&[b"Bearer a\tb"]), some("a\tb"));
     }
 }

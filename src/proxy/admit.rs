@@ -8,6 +8,7 @@ use crate::auth::Identity;
 use crate::config::AuthMode;
 use crate::observability::{metrics, AuthOutcome, RateOutcome};
 use crate::ratelimit::{KeyParts, RouteVerdict};
+use crate::request::HeaderView;
 use crate::respond::{ErrorCode, GatewayError};
 use crate::runtime::{Route, Runtime};
 
@@ -26,7 +27,7 @@ pub async fn admit(
     rt: &Runtime,
     route: &Route,
     method: &http::Method,
-    headers: &http::HeaderMap,
+    headers: HeaderView<'_>,
     client_ip: Option<IpAddr>,
 ) -> Admission {
     let mut a = Admission {
@@ -76,6 +77,7 @@ pub async fn admit(
 }
 
 /// A CORS preflight asks whether a request may be made; it does not spend the budget.
-fn is_cors_preflight(method: &http::Method, headers: &http::HeaderMap) -> bool {
-    method == http::Method::OPTIONS && headers.contains_key("access-control-request-method")
+fn is_cors_preflight(method: &http::Method, headers: HeaderView<'_>) -> bool {
+    method == http::Method::OPTIONS
+        && headers.contains(&http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }

@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderName, HeaderValue, Method, Uri};
 use pingora_core::protocols::Stream;
 use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::admit::{admit, Admission};
-use super::headers::request_id_in;
+use super::headers::RequestId;
 use super::plan::plan_parts;
 use super::wire::{self, Answering, BadResponse, ChunkedScanner, Forwarding, Framing};
 use super::InFlight;
@@ -34,6 +34,7 @@ use crate::observability::metrics::NO_ROUTE;
 use crate::observability::{
     metrics, AccessLog, AccessRecord, AuthOutcome, RateOutcome, RouteMetrics,
 };
+use crate::request::{HeaderView, Target};
 use crate::respond::{ErrorCode, GatewayError};
 use crate::runtime::{RouteTarget, Runtime, SharedRuntime};
 use crate::upstream::{pool, Cluster, SelectError};
@@ -129,12 +130,12 @@ impl LeanProxy {
             return Served::Fallback;
         }
         let Some(parts) = RequestParts::of(&req) else {
-            // Pingora's session gives the client its answer to a target or header the
-            // `http` crate refuses.
+            // Targets other than a plain origin form (and methods the `http` crate
+            // refuses) take Pingora's session, which answers them.
             return Served::Fallback;
         };
         let rt = self.shared.load_full();
-        let plan = plan_parts(&rt, &parts.method, &parts.uri, &parts.headers);
+        let plan = plan_parts(&rt, &parts.method, &parts.target, parts.headers);
         if let Ok(p) = &plan {
             match rt.routes[p.route].target {
                 RouteTarget::Aggregate(_) => return Served::Fallback,
@@ -154,18 +155,25 @@ impl LeanProxy {
         };
         let close = last || wire::wants_close(&req);
         let head_request = parts.method == Method::HEAD;
-        let request_id = request_id_in(&parts.headers);
+        let request_id = RequestId::of(parts.headers);
         let id = request_id.as_bytes();
+        // What the log needs after the client's buffer is handed on.
+        let method = parts.method.clone();
+        let logged_uri = self
+            .access_log
+            .as_ref()
+            .map(|_| Uri::try_from(parts.raw_target).unwrap_or_default());
 
         let outcome = match plan {
             Err(e) => answer(stream, &rt, &mut ex, &e, id, head_request, close, b"").await,
             Ok(p) => {
                 ex.route = Some(p.route);
                 let route = &rt.routes[p.route];
-                let admission = admit(&rt, route, &parts.method, &parts.headers, client_ip).await;
+                let admission = admit(&rt, route, &parts.method, parts.headers, client_ip).await;
                 ex.auth = admission.auth;
                 ex.rate = admission.rate;
-                let mut rate_headers = Vec::new();
+                // Room for the six RateLimit-* lines: growing into them cost more than they do.
+                let mut rate_headers = Vec::with_capacity(256);
                 if let Some(v) = &admission.rate_verdict {
                     rt.rate_limits.write_header_lines(v, &mut rate_headers);
                 }
@@ -204,7 +212,7 @@ impl LeanProxy {
                     );
                     // Only consistent hashing reads the key.
                     let key = if cluster.config.lb == LbPolicy::ConsistentHash {
-                        hash_key(cluster, &parts.headers, &admission, client_ip)
+                        hash_key(cluster, parts.headers, &admission, client_ip)
                     } else {
                         Vec::new()
                     };
@@ -252,7 +260,7 @@ impl LeanProxy {
             }
         };
         buf.advance(head_len.min(buf.len()));
-        self.log(&rt, &ex, &parts, &request_id, client);
+        self.log(&rt, &ex, &method, logged_uri, &request_id, client);
         match outcome {
             Relay::Done {
                 client_reusable: true,
@@ -265,27 +273,28 @@ impl LeanProxy {
         &self,
         rt: &Runtime,
         ex: &Exchange,
-        parts: &RequestParts,
-        request_id: &HeaderValue,
+        method: &Method,
+        uri: Option<Uri>,
+        request_id: &RequestId,
         client: Option<SocketAddr>,
     ) {
         let elapsed = ex.started.elapsed();
         let route = ex.route.and_then(|r| rt.routes.get(r));
         match route {
-            Some(r) => r
-                .metrics
-                .observe(&parts.method, ex.status, elapsed.as_secs_f64()),
+            Some(r) => r.metrics.observe(method, ex.status, elapsed.as_secs_f64()),
             None => self
                 .unrouted
-                .observe(&parts.method, ex.status, elapsed.as_secs_f64()),
+                .observe(method, ex.status, elapsed.as_secs_f64()),
         }
-        let Some(log) = &self.access_log else { return };
+        let (Some(log), Some(uri)) = (&self.access_log, uri) else {
+            return;
+        };
         log.record(AccessRecord {
             time: SystemTime::now(),
-            request_id: Some(request_id.clone()),
+            request_id: Some(request_id.to_header_value()),
             client,
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
+            method: method.clone(),
+            uri,
             route: route.map(|r| r.name.clone()),
             upstream: ex
                 .route
@@ -302,27 +311,23 @@ impl LeanProxy {
     }
 }
 
-/// The request as the shared decision modules read it.
-struct RequestParts {
+/// The request as the shared decision modules read it, borrowed from the parse.
+struct RequestParts<'a> {
     method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    raw_target: &'a str,
+    target: Target<'a>,
+    headers: HeaderView<'a>,
 }
 
-impl RequestParts {
-    fn of(req: &httparse::Request<'_, '_>) -> Option<RequestParts> {
+impl<'a> RequestParts<'a> {
+    fn of(req: &'a httparse::Request<'_, 'a>) -> Option<RequestParts<'a>> {
         let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
-        let uri = Uri::try_from(req.path?).ok()?;
-        let mut headers = HeaderMap::with_capacity(req.headers.len());
-        for h in req.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-            let value = HeaderValue::from_bytes(h.value).ok()?;
-            headers.append(name, value);
-        }
+        let raw_target = req.path?;
         Some(RequestParts {
             method,
-            uri,
-            headers,
+            raw_target,
+            target: Target::origin_form(raw_target)?,
+            headers: HeaderView::Raw(req.headers),
         })
     }
 }
@@ -330,7 +335,7 @@ impl RequestParts {
 /// The bytes a consistent-hash cluster hashes on.
 fn hash_key(
     cluster: &Cluster,
-    headers: &HeaderMap,
+    headers: HeaderView<'_>,
     admission: &Admission,
     client_ip: Option<IpAddr>,
 ) -> Vec<u8> {
@@ -341,7 +346,7 @@ fn hash_key(
     };
     match &cluster.hash_key {
         HashKey::ClientIp => ip(),
-        HashKey::Header(name) => headers.get(name).map_or_else(ip, |v| v.as_bytes().to_vec()),
+        HashKey::Header(name) => headers.get(name).map_or_else(ip, <[u8]>::to_vec),
         HashKey::Jwt(claim) => admission
             .identity
             .as_deref()

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use crate::request::HeaderView;
+
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -27,14 +29,49 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// The client's X-Request-Id when it is a sane token, else a fresh one.
 pub fn request_id(req: &RequestHeader) -> HeaderValue {
-    request_id_in(&req.headers)
-}
-
-/// [`request_id`] from a header map.
-pub fn request_id_in(headers: &http::HeaderMap) -> HeaderValue {
-    match headers.get(X_REQUEST_ID) {
+    match req.headers.get(X_REQUEST_ID) {
         Some(v) if is_sane_id(v.as_bytes()) => v.clone(),
         _ => new_request_id(),
+    }
+}
+
+/// [`request_id`] held inline rather than as a header value: the lean path writes ids as
+/// bytes, and this costs it no allocation (and no borrow of the client's buffer).
+pub struct RequestId {
+    bytes: [u8; MAX_REQUEST_ID_LEN],
+    len: usize,
+}
+
+impl RequestId {
+    pub fn of(headers: HeaderView<'_>) -> RequestId {
+        let mut id = RequestId {
+            bytes: [0; MAX_REQUEST_ID_LEN],
+            len: 0,
+        };
+        let client = headers.get(&X_REQUEST_ID).filter(|v| is_sane_id(v));
+        let fresh;
+        let chosen = match client {
+            Some(v) => v,
+            None => {
+                fresh = fresh_request_id();
+                &fresh[..]
+            }
+        };
+        // A sane id fits (it is at most MAX_REQUEST_ID_LEN bytes).
+        if let Some(slot) = id.bytes.get_mut(..chosen.len()) {
+            slot.copy_from_slice(chosen);
+            id.len = chosen.len();
+        }
+        id
+    }
+
+    /// Visible ASCII.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    pub fn to_header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
 
@@ -51,15 +88,22 @@ thread_local! {
     static ID_STATE: Cell<(u64, u64)> = Cell::new((std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id()), 0));
 }
 
+/// Length of a fresh request id.
+pub const FRESH_ID_LEN: usize = 20;
+
 /// A fresh request id: 20 hex digits, unique per process with overwhelming probability.
 pub fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&fresh_request_id()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn fresh_request_id() -> [u8; FRESH_ID_LEN] {
     let (seed, n) = ID_STATE.with(|s| {
         let (seed, n) = s.get();
         s.set((seed, n.wrapping_add(1)));
         (seed, n)
     });
     let mixed = splitmix64(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut buf = [0u8; 20];
+    let mut buf = [0u8; FRESH_ID_LEN];
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (i, slot) in buf.iter_mut().enumerate().take(16) {
         *slot = HEX[((mixed >> (60 - 4 * i)) & 0xf) as usize];
@@ -68,7 +112,7 @@ pub fn new_request_id() -> HeaderValue {
     for (i, slot) in buf[16..].iter_mut().enumerate() {
         *slot = HEX[((n >> (12 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    buf
 }
 
 fn splitmix64(mut x: u64) -> u64 {

@@ -27,6 +27,7 @@ use crate::observability::{
     metrics, AccessLog, AccessRecord, AuthOutcome, RateOutcome, RouteMetrics,
 };
 use crate::ratelimit::RouteVerdict;
+use crate::request::HeaderView;
 use crate::respond::{ErrorCode, GatewayError};
 use crate::routing::RouteId;
 use crate::runtime::{RouteTarget, Runtime, SharedRuntime};
@@ -202,7 +203,14 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let req = session.req_header();
-        let admission = admit::admit(&runtime, route, &req.method, &req.headers, client_ip).await;
+        let admission = admit::admit(
+            &runtime,
+            route,
+            &req.method,
+            HeaderView::Map(&req.headers),
+            client_ip,
+        )
+        .await;
         ctx.auth = admission.auth;
         ctx.identity = admission.identity;
         ctx.rate = admission.rate;

@@ -4,6 +4,7 @@
 use http::header;
 use pingora_http::RequestHeader;
 
+use crate::request::{HeaderView, Target};
 use crate::respond::{ErrorCode, GatewayError};
 use crate::routing::{normalize_path, strip_prefix, Lookup, RouteId};
 use crate::runtime::{RouteTarget, Runtime};
@@ -19,21 +20,24 @@ pub struct Plan {
 }
 
 pub fn plan(rt: &Runtime, req: &RequestHeader) -> Result<Plan, GatewayError> {
-    plan_parts(rt, &req.method, &req.uri, &req.headers)
+    plan_parts(
+        rt,
+        &req.method,
+        &Target::of_uri(&req.uri),
+        HeaderView::Map(&req.headers),
+    )
 }
 
-/// [`plan`] on the parts of a request, for the lean HTTP/1.1 conductor, which has no
-/// Pingora `RequestHeader`.
+/// [`plan`] on a view of a request, for the lean HTTP/1.1 conductor, which has no Pingora
+/// `RequestHeader`.
 pub fn plan_parts(
     rt: &Runtime,
     method: &http::Method,
-    uri: &http::Uri,
-    headers: &http::HeaderMap,
+    target: &Target<'_>,
+    headers: HeaderView<'_>,
 ) -> Result<Plan, GatewayError> {
-    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
-        let len = len
-            .to_str()
-            .ok()
+    if let Some(len) = headers.get(&header::CONTENT_LENGTH) {
+        let len = crate::request::visible_ascii(len)
             .and_then(|s| s.trim().parse::<u64>().ok())
             .ok_or_else(|| {
                 GatewayError::with_message(ErrorCode::BadRequest, "invalid Content-Length")
@@ -42,10 +46,10 @@ pub fn plan_parts(
             return Err(GatewayError::new(ErrorCode::PayloadTooLarge));
         }
     }
-    let raw_path = uri.path();
+    let raw_path = target.path;
     let path = normalize_path(raw_path)
         .map_err(|e| GatewayError::with_message(ErrorCode::BadRequest, e.message()))?;
-    let host = host_of(uri, headers);
+    let host = host_of(target, headers);
     match rt.router.lookup(host, method, &path) {
         Lookup::Found { route, params } => {
             if matches!(rt.routes[route].target, RouteTarget::Aggregate(_)) {
@@ -63,10 +67,10 @@ pub fn plan_parts(
                 Some(prefix) => strip_prefix(&path, prefix),
                 None => &path,
             };
-            let upstream_target = if forwarded == raw_path && uri.scheme().is_none() {
+            let upstream_target = if forwarded == raw_path && !target.absolute {
                 None
             } else {
-                Some(match uri.query() {
+                Some(match target.query {
                     Some(q) => format!("{forwarded}?{q}"),
                     None => forwarded.to_string(),
                 })
@@ -90,14 +94,14 @@ pub fn plan_parts(
 
 /// The request's host without port: from an absolute-form target, else the Host header.
 pub fn request_host(req: &RequestHeader) -> Option<&str> {
-    host_of(&req.uri, &req.headers)
+    host_of(&Target::of_uri(&req.uri), HeaderView::Map(&req.headers))
 }
 
-fn host_of<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
-    if let Some(h) = uri.host() {
+fn host_of<'a>(target: &Target<'a>, headers: HeaderView<'a>) -> Option<&'a str> {
+    if let Some(h) = target.host {
         return Some(h);
     }
-    let raw = headers.get(header::HOST)?.to_str().ok()?;
+    let raw = headers.get_str(&header::HOST)?;
     Some(strip_port(raw))
 }
 
@@ -106,8 +110,10 @@ fn strip_port(host: &str) -> &str {
         // [v6]:port
         return rest.split(']').next().unwrap_or(host);
     }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+    match memchr::memrchr(b':', host.as_bytes()) {
+        Some(i) if host.as_bytes()[i + 1..].iter().all(u8::is_ascii_digit) => {
+            host.get(..i).unwrap_or(host)
+        }
         _ => host,
     }
 }

@@ -81,8 +81,72 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Whether a header is named by one of the message's `Connection` headers (and so is
-/// hop-by-hop too).
+/// An address in its usual text form, IPv4 without `core::fmt` (the common case, on every
+/// proxied request's `X-Forwarded-For`).
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            // At most 45 bytes; written without a String.
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Which headers a message's `Connection` headers name (and so make hop-by-hop too), read
+/// once per head: most messages have none, or only `close`/`keep-alive`, and then no header
+/// needs the full scan.
+#[derive(Clone, Copy)]
+enum ConnectionNames {
+    Nothing,
+    /// Only `close` and `keep-alive`.
+    Usual,
+    Others,
+}
+
+impl ConnectionNames {
+    fn of(headers: &[httparse::Header<'_>]) -> ConnectionNames {
+        let mut names = ConnectionNames::Nothing;
+        for h in headers {
+            if h.name.eq_ignore_ascii_case("connection") {
+                let unusual = h.value.split(|&b| b == b',').any(|t| {
+                    let t = t.trim_ascii();
+                    !t.is_empty()
+                        && !t.eq_ignore_ascii_case(b"close")
+                        && !t.eq_ignore_ascii_case(b"keep-alive")
+                });
+                if unusual {
+                    return ConnectionNames::Others;
+                }
+                names = ConnectionNames::Usual;
+            }
+        }
+        names
+    }
+
+    /// Whether the header `name` is named by one of `headers`' `Connection` headers.
+    fn names(self, headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+        match self {
+            ConnectionNames::Nothing => false,
+            ConnectionNames::Usual => {
+                (name.eq_ignore_ascii_case(b"close") || name.eq_ignore_ascii_case(b"keep-alive"))
+                    && named_by_connection(headers, name)
+            }
+            ConnectionNames::Others => named_by_connection(headers, name),
+        }
+    }
+}
+
+/// Whether a header is named by one of the message's `Connection` headers.
 fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
     headers
         .iter()
@@ -118,6 +182,7 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &httparse::Request<'_, '_>, fw
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forwarded_for: Option<&[u8]> = None;
     let mut host: Option<&[u8]> = None;
+    let connection = ConnectionNames::of(req.headers);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -137,7 +202,7 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &httparse::Request<'_, '_>, fw
                 .reserved
                 .iter()
                 .any(|(_, r)| name.eq_ignore_ascii_case(r.as_str().as_bytes()))
-            || named_by_connection(req.headers, name)
+            || connection.names(req.headers, name)
         {
             continue;
         }
@@ -149,9 +214,7 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &httparse::Request<'_, '_>, fw
             out.extend_from_slice(prev);
             out.extend_from_slice(b", ");
         }
-        // An address never needs more than 45 bytes; written without a String.
-        use std::io::Write;
-        let _ = write!(out, "{ip}");
+        push_ip(out, ip);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"x-forwarded-proto: http\r\n");
@@ -216,25 +279,60 @@ pub fn parse_response(
     ans: &Answering,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, BadResponse> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
+    // Few slots first: httparse's response parser wants them initialised, and 128 of them
+    // are 4 KiB to clear per response. A head with more lines is parsed again with all.
+    let mut few = [httparse::EMPTY_HEADER; FEW_RESPONSE_HEADERS];
+    match parse_response_into(buf, ans, out, &mut few) {
+        Err(Parse::TooManyHeaders) => {}
+        Err(Parse::Bad(bad)) => return Err(bad),
+        Ok(head) => return Ok(head),
+    }
+    let mut all = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    match parse_response_into(buf, ans, out, &mut all) {
+        Err(Parse::TooManyHeaders) => Err(BadResponse::TooLarge),
+        Err(Parse::Bad(bad)) => Err(bad),
+        Ok(head) => Ok(head),
+    }
+}
+
+/// Header slots tried first for a response head.
+const FEW_RESPONSE_HEADERS: usize = 24;
+
+enum Parse {
+    TooManyHeaders,
+    Bad(BadResponse),
+}
+
+impl From<BadResponse> for Parse {
+    fn from(bad: BadResponse) -> Parse {
+        Parse::Bad(bad)
+    }
+}
+
+fn parse_response_into<'b>(
+    buf: &'b [u8],
+    ans: &Answering,
+    out: &mut Vec<u8>,
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<ResponseHead>, Parse> {
+    let mut resp = httparse::Response::new(headers);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) if n > MAX_UPSTREAM_HEADER_BYTES => {
-            return Err(BadResponse::TooLarge)
+            return Err(BadResponse::TooLarge.into())
         }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_UPSTREAM_HEADER_BYTES => {
-            return Err(BadResponse::TooLarge)
+            return Err(BadResponse::TooLarge.into())
         }
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(BadResponse::TooLarge),
-        Err(_) => return Err(BadResponse::Malformed),
+        Err(httparse::Error::TooManyHeaders) => return Err(Parse::TooManyHeaders),
+        Err(_) => return Err(BadResponse::Malformed.into()),
     };
-    let status = resp.code.ok_or(BadResponse::Malformed)?;
+    let status = resp.code.ok_or(Parse::Bad(BadResponse::Malformed))?;
     if (100..200).contains(&status) {
         // 101 is never asked for on this path; 100 and 103 are dropped (RFC 9110 15.2).
         if status == 101 {
-            return Err(BadResponse::Malformed);
+            return Err(BadResponse::Malformed.into());
         }
         return Ok(Some(ResponseHead {
             status,
@@ -253,14 +351,14 @@ pub fn parse_response(
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(BadResponse::Malformed)?;
+                .ok_or(Parse::Bad(BadResponse::Malformed))?;
             if length.is_some_and(|l| l != n) {
-                return Err(BadResponse::Malformed);
+                return Err(BadResponse::Malformed.into());
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(BadResponse::Malformed);
+                return Err(BadResponse::Malformed.into());
             }
             chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") && has_token(h.value, b"close") {
@@ -271,7 +369,7 @@ pub fn parse_response(
         Framing::Empty
     } else {
         match (length, chunked) {
-            (Some(_), true) => return Err(BadResponse::Malformed),
+            (Some(_), true) => return Err(BadResponse::Malformed.into()),
             (Some(n), false) => Framing::Length(n),
             (None, true) => Framing::Chunked,
             (None, false) => {
@@ -282,8 +380,7 @@ pub fn parse_response(
     };
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    use std::io::Write;
-    let _ = write!(out, "{status}");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.push(b' ');
     let reason = resp.reason.unwrap_or("");
     if reason.is_empty() {
@@ -295,11 +392,12 @@ pub fn parse_response(
         out.extend_from_slice(reason.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
+    let connection = ConnectionNames::of(resp.headers);
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"x-request-id")
-            || named_by_connection(resp.headers, name)
+            || connection.names(resp.headers, name)
             || (!ans.extra.is_empty()
                 && crate::ratelimit::HEADER_NAMES[..5]
                     .iter()
@@ -475,6 +573,74 @@ mod tests {
     }
 
     #[test]
+    fn connection_names_agree_with_the_full_scan() {
+        let values: [&[u8]; 8] = [
+            b"close",
+            b"Keep-Alive",
+            b"close, keep-alive",
+            b" x-a ",
+            b"keep-alive, X-A",
+            b",,",
+            b"",
+            b"CLOSE ,x-b",
+        ];
+        let names: [&str; 6] = ["close", "KEEP-alive", "x-a", "X-B", "host", "connection"];
+        for first in values {
+            for second in values.iter().map(Some).chain([None]) {
+                let mut headers = vec![
+                    httparse::Header {
+                        name: "Connection",
+                        value: first,
+                    },
+                    httparse::Header {
+                        name: "x-a",
+                        value: b"1",
+                    },
+                ];
+                if let Some(v) = second {
+                    headers.push(httparse::Header {
+                        name: "connection",
+                        value: v,
+                    });
+                }
+                for skip_first in [false, true] {
+                    let hs = if skip_first {
+                        &headers[1..]
+                    } else {
+                        &headers[..]
+                    };
+                    let seen = ConnectionNames::of(hs);
+                    for name in names {
+                        assert_eq!(
+                            seen.names(hs, name.as_bytes()),
+                            named_by_connection(hs, name.as_bytes()),
+                            "{name} in {hs:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.20.3",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::8:800:200c:417a",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
     fn eligibility() {
         let mut h = [httparse::EMPTY_HEADER; 16];
         assert!(lean_eligible(&parse(
@@ -552,6 +718,30 @@ mod tests {
             &mut out,
         );
         (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn long_response_heads_take_the_second_parse() {
+        let head = |lines: usize| {
+            let mut raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
+            for i in 1..lines {
+                raw.extend_from_slice(format!("X-H{i}: {i}\r\n").as_bytes());
+            }
+            raw.extend_from_slice(b"\r\n");
+            raw
+        };
+        for lines in [
+            FEW_RESPONSE_HEADERS,
+            FEW_RESPONSE_HEADERS + 1,
+            MAX_RESPONSE_HEADERS,
+        ] {
+            let (r, out) = answer(&head(lines), false);
+            assert_eq!(r.unwrap().unwrap().framing, Framing::Length(0), "{lines}");
+            assert!(out.contains(&format!("X-H{}: {}\r\n", lines - 1, lines - 1)));
+            assert_eq!(out.matches("\r\n").count(), lines + 4, "{out}");
+        }
+        let (r, _) = answer(&head(MAX_RESPONSE_HEADERS + 1), false);
+        assert_eq!(r, Err(BadResponse::TooLarge));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use pingora_core::services::background::BackgroundService;
 
 use crate::auth::Identity;
 use crate::config::{LimitKey, LimitStore, RateLimitConfig, RedisConfig};
+use crate::request::HeaderView;
 use local::LocalStore;
 use redis_store::RedisStore;
 pub use window::Verdict;
@@ -56,7 +57,7 @@ pub struct Policy {
 /// What identifies a request, for keys.
 pub struct KeyParts<'a> {
     pub client_ip: Option<IpAddr>,
-    pub headers: &'a http::HeaderMap,
+    pub headers: HeaderView<'a>,
     pub identity: Option<&'a Identity>,
     pub route: &'a str,
 }
@@ -216,32 +217,38 @@ impl RateLimits {
 
     /// Every response header of a verdict, in order; numbers are formatted on the stack.
     fn each_header(&self, v: &RouteVerdict, mut emit: impl FnMut(&'static str, &[u8])) {
-        use std::io::Write;
         let p = &self.policies[v.policy];
         let reset = v.verdict.reset_ms.div_ceil(1000);
-        let mut num = itoa_buf();
-        emit("ratelimit-limit", fmt_u64(&mut num, u64::from(p.limit)));
+        let mut num = itoa::Buffer::new();
+        emit("ratelimit-limit", num.format(p.limit).as_bytes());
         emit(
             "ratelimit-remaining",
-            fmt_u64(&mut num, u64::from(v.verdict.remaining)),
+            num.format(v.verdict.remaining).as_bytes(),
         );
-        emit("ratelimit-reset", fmt_u64(&mut num, reset));
+        emit("ratelimit-reset", num.format(reset).as_bytes());
         emit("ratelimit-policy", p.policy_header.as_bytes());
+        // `"name";r=N;t=N`, assembled without `format!` (this runs on every limited
+        // request). Names are at most 64 bytes, so it fits; were it not to, the field
+        // would be left out rather than cut.
         let mut line = [0u8; 192];
-        let mut cursor = std::io::Cursor::new(&mut line[..]);
-        if write!(
-            cursor,
-            "\"{}\";r={};t={}",
-            p.name, v.verdict.remaining, reset
-        )
-        .is_ok()
-        {
-            let n = cursor.position() as usize;
-            emit("ratelimit", &line[..n]);
+        let mut at = 0;
+        let mut push = |part: &[u8]| {
+            let end = at + part.len();
+            let fits = line.get_mut(at..end).map(|s| s.copy_from_slice(part));
+            at = if fits.is_some() { end } else { line.len() + 1 };
+        };
+        push(b"\"");
+        push(p.name.as_bytes());
+        push(b"\";r=");
+        push(num.format(v.verdict.remaining).as_bytes());
+        push(b";t=");
+        push(num.format(reset).as_bytes());
+        if let Some(text) = line.get(..at) {
+            emit("ratelimit", text);
         }
         if !v.verdict.allowed {
             let secs = v.verdict.retry_after_ms.div_ceil(1000).max(1);
-            emit("retry-after", fmt_u64(&mut num, secs));
+            emit("retry-after", num.format(secs).as_bytes());
         }
     }
     /// Sweeps idle keys from every local store.
@@ -273,7 +280,7 @@ impl Policy {
             LimitKey::Header(name) => {
                 if let Some(v) = parts.headers.get(name) {
                     out.push(b'h');
-                    out.extend_from_slice(v.as_bytes());
+                    out.extend_from_slice(v);
                     return;
                 }
             }
@@ -362,26 +369,61 @@ pub const HEADER_NAMES: [&str; 6] = [
     "retry-after",
 ];
 
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
-}
-
-/// Formats a number into `buf` and returns its digits.
-fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::bound_key;
+    use super::{bound_key, RateLimits, RouteVerdict};
+    use crate::ratelimit::window::Verdict;
+
+    fn limits(name: &str) -> RateLimits {
+        let yaml = format!(
+            "upstreams:\n  u: {{ backends: [\"127.0.0.1:9\"] }}\n\
+             rate_limits:\n  {name}: {{ key: client_ip, limit: 10, window: 1m }}\n\
+             routes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: u, rate_limit: [{name}] }}\n"
+        );
+        let cfg = crate::config::parse(&yaml).unwrap_or_else(|e| panic!("{e:?}"));
+        RateLimits::build(&cfg.rate_limits, None, None).unwrap()
+    }
+
+    #[test]
+    fn header_lines_spell_the_verdict() {
+        let refused = RouteVerdict {
+            policy: 0,
+            verdict: Verdict {
+                allowed: false,
+                limit: 10,
+                remaining: 0,
+                reset_ms: 1500,
+                retry_after_ms: 1001,
+            },
+        };
+        let mut out = Vec::new();
+        limits("per_ip").write_header_lines(&refused, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ratelimit-limit: 10\r\nratelimit-remaining: 0\r\nratelimit-reset: 2\r\n\
+             ratelimit-policy: \"per_ip\";q=10;w=60\r\nratelimit: \"per_ip\";r=0;t=2\r\nretry-after: 2\r\n"
+        );
+        let allowed = RouteVerdict {
+            policy: 0,
+            verdict: Verdict {
+                allowed: true,
+                limit: 10,
+                remaining: 1234567,
+                reset_ms: 60_000,
+                retry_after_ms: 0,
+            },
+        };
+        // The longest name a config allows still fits the line whole.
+        let longest = "p".repeat(64);
+        let headers = limits(&longest).headers(&allowed);
+        let field = |n: &str| headers.iter().find(|(h, _)| h == n).map(|(_, v)| v.clone());
+        assert_eq!(field("ratelimit-remaining").unwrap(), "1234567");
+        assert_eq!(field("retry-after"), None);
+        assert_eq!(
+            field("ratelimit").unwrap(),
+            format!("\"{longest}\";r=1234567;t=60").as_str()
+        );
+    }
 
     #[test]
     fn long_keys_are_hashed_to_a_fixed_size() {
