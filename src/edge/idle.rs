@@ -62,6 +62,21 @@ pub enum Wake {
     Closing,
 }
 
+/// The process's clock for the lean path's upstream and client timeouts (the edge's idle
+/// waits use their service's own clock, which shutdown fires).
+pub fn timeouts() -> &'static Arc<IdleClock> {
+    static CLOCK: std::sync::OnceLock<Arc<IdleClock>> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(IdleClock::new)
+}
+
+/// What [`IdleClock::park`] found.
+enum Park<'a> {
+    On(tokio::sync::futures::Notified<'a>),
+    Due,
+    Closing,
+    Again,
+}
+
 /// Rings of tick slots (one per worker thread, up to `RINGS`) shared by every connection of
 /// one listening service.
 pub struct IdleClock {
@@ -127,25 +142,11 @@ impl IdleClock {
         self.start_ticker();
         let ring = RING.with(|r| *r) * SLOTS as usize;
         loop {
-            let mut woken = std::pin::pin!({
-                // The slot's `Notified` is created before the checks: `notify_waiters`
-                // reaches it from its creation on, so a tick or a shutdown after the checks
-                // cannot be missed.
-                let fired = self.fired.load(Ordering::SeqCst);
-                let park = due.0.min(fired.saturating_add(SLOTS - 1));
-                let woken = self.slots[ring + (park % SLOTS) as usize].notified();
-                let fired = self.fired.load(Ordering::SeqCst);
-                if hear_closing && self.closing.load(Ordering::SeqCst) {
-                    return Wake::Closing;
-                }
-                if due.0 <= fired {
-                    return Wake::Expired;
-                }
-                if park <= fired {
-                    // The ring moved on between the two loads: park again on a later slot.
-                    continue;
-                }
-                woken
+            let mut woken = std::pin::pin!(match self.park(ring, due, hear_closing) {
+                Park::On(woken) => woken,
+                Park::Due => return Wake::Expired,
+                Park::Closing => return Wake::Closing,
+                Park::Again => continue,
             });
             let read = std::future::poll_fn(|cx| {
                 let read = match buf.as_deref_mut() {
@@ -169,6 +170,61 @@ impl IdleClock {
             }
             // A slot fired: the deadline's, a lap of the ring, or shutdown.
         }
+    }
+
+    /// Runs `fut` unless `timeout` passes first. The common case costs nothing: a future
+    /// ready at its first poll reads no clock and parks nowhere. Otherwise it parks on the
+    /// deadline's slot, like a connection between requests, and the deadline fires up to
+    /// two ticks late: for timeouts long enough that this does not matter.
+    pub async fn within<F: Future>(
+        self: &Arc<Self>,
+        timeout: Duration,
+        fut: F,
+    ) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+        {
+            return Some(v);
+        }
+        let due = self.after(timeout);
+        self.start_ticker();
+        let ring = RING.with(|r| *r) * SLOTS as usize;
+        loop {
+            let mut woken = std::pin::pin!(match self.park(ring, due, false) {
+                Park::On(woken) => woken,
+                Park::Due | Park::Closing => return None,
+                Park::Again => continue,
+            });
+            let done = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+                Poll::Ready(v) => Poll::Ready(Some(v)),
+                Poll::Pending => woken.as_mut().poll(cx).map(|()| None),
+            })
+            .await;
+            if done.is_some() {
+                return done;
+            }
+        }
+    }
+
+    /// The slot to park on for `due`, in `ring`: or why not to park.
+    fn park(&self, ring: usize, due: Tick, hear_closing: bool) -> Park<'_> {
+        // The slot's `Notified` is created before the checks: `notify_waiters` reaches it
+        // from its creation on, so a tick or a shutdown after the checks cannot be missed.
+        let fired = self.fired.load(Ordering::SeqCst);
+        let park = due.0.min(fired.saturating_add(SLOTS - 1));
+        let woken = self.slots[ring + (park % SLOTS) as usize].notified();
+        let fired = self.fired.load(Ordering::SeqCst);
+        if hear_closing && self.closing.load(Ordering::SeqCst) {
+            return Park::Closing;
+        }
+        if due.0 <= fired {
+            return Park::Due;
+        }
+        if park <= fired {
+            // The ring moved on between the two loads: park again on a later slot.
+            return Park::Again;
+        }
+        Park::On(woken)
     }
 
     /// Starts the thread that fires the slots, once, on the first wait (so after Pingora
@@ -315,6 +371,30 @@ mod tests {
             clock.wait(&mut server, Some(&mut buf), far, true).await,
             Wake::Gone
         );
+    }
+
+    #[tokio::test]
+    async fn within_times_out_a_pending_future_and_not_a_ready_one() {
+        let clock = IdleClock::new();
+        assert_eq!(clock.within(Duration::ZERO, async { 7 }).await, Some(7));
+        let started = Instant::now();
+        let never = std::future::pending::<()>();
+        assert_eq!(clock.within(Duration::from_millis(250), never).await, None);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        // Two ticks of lateness at most, plus scheduling slack on a loaded machine.
+        assert!(
+            waited < Duration::from_millis(250) + TICK * 10,
+            "{waited:?}"
+        );
+        // A future that finishes before its deadline is not cut short by it.
+        let soon = tokio::time::sleep(Duration::from_millis(20));
+        let started = Instant::now();
+        assert_eq!(
+            clock.within(Duration::from_secs(3600), soon).await,
+            Some(())
+        );
+        assert!(started.elapsed() < Duration::from_secs(60));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 mod framing;
-mod idle;
+pub mod idle;
 
 pub use self::framing::{framing_tier, parsed_framing_tier};
 use self::idle::{IdleClock, Wake};
@@ -40,7 +40,7 @@ use crate::respond::{ErrorCode, GatewayError};
 use crate::runtime::SharedRuntime;
 
 /// Most header lines a request may carry (beyond: 431).
-const MAX_HEADERS: usize = 128;
+pub const MAX_HEADERS: usize = 128;
 
 /// How long a connection between requests keeps its head buffer before it gives it back
 /// and waits for its next request without one (at the idle clock's resolution: 100-200 ms).
@@ -92,6 +92,9 @@ impl<A> std::ops::Deref for OpenConnection<A> {
 pub enum Head {
     /// A complete, well-formed head (and maybe the start of the body) is in the buffer.
     Complete(HeadInfo),
+    /// A head that starts plainly and ends at a blank line within the size limit is in the
+    /// buffer, unparsed: its one parse (the lean path's) applies [`check_parsed`].
+    Unchecked,
     /// The client closed, or the socket failed, while the head was read: close quietly.
     Gone,
     /// The head did not complete within the deadline: close.
@@ -116,20 +119,35 @@ pub fn check_head(buf: &[u8], max_bytes: usize) -> Result<Option<HeadInfo>, Erro
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) if n > max_bytes => Err(ErrorCode::HeadersTooLarge),
-        Ok(httparse::Status::Complete(n)) => match parsed_framing_tier(&buf[..n], &req) {
-            tier @ (RequestSafetyTier::Compliant | RequestSafetyTier::Acceptable) => {
-                Ok(Some(HeadInfo {
-                    compliant: tier == RequestSafetyTier::Compliant,
-                    headers: req.headers.len(),
-                }))
-            }
-            RequestSafetyTier::Ambiguous | RequestSafetyTier::Severe => Err(ErrorCode::BadRequest),
-        },
+        Ok(httparse::Status::Complete(n)) => Ok(Some(HeadInfo {
+            compliant: check_parsed(&buf[..n], &req)?,
+            headers: req.headers.len(),
+        })),
         Ok(httparse::Status::Partial) if buf.len() > max_bytes => Err(ErrorCode::HeadersTooLarge),
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(ErrorCode::HeadersTooLarge),
         Err(_) => Err(ErrorCode::BadRequest),
     }
+}
+
+/// The framing check of a parsed head (`head`: its bytes): `Ok(true)` when RFC-clean,
+/// `Ok(false)` when only acceptable, a 400 when ambiguous.
+pub fn check_parsed(head: &[u8], req: &httparse::Request<'_, '_>) -> Result<bool, ErrorCode> {
+    match parsed_framing_tier(head, req) {
+        RequestSafetyTier::Compliant => Ok(true),
+        RequestSafetyTier::Acceptable => Ok(false),
+        RequestSafetyTier::Ambiguous | RequestSafetyTier::Severe => Err(ErrorCode::BadRequest),
+    }
+}
+
+/// Where a head ends when it starts with a letter (no leading blank lines) and holds a
+/// blank CRLF line: then it is complete, and only the parse that serves it needs to run.
+/// `None` leaves the question to [`check_head`].
+pub fn plain_head_end(buf: &[u8]) -> Option<usize> {
+    if !buf.first().is_some_and(u8::is_ascii_alphabetic) {
+        return None;
+    }
+    memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
 }
 
 /// The app Pingora runs per accepted connection.
@@ -216,6 +234,10 @@ async fn read_head(
     deadline: Instant,
 ) -> Head {
     loop {
+        // A head is parsed once: by the lean path, which checks it then.
+        if plain_head_end(buf).is_some_and(|end| end <= limits.max_header_bytes) {
+            return Head::Unchecked;
+        }
         match check_head(buf, limits.max_header_bytes) {
             Ok(Some(info)) => return Head::Complete(info),
             Ok(None) => {}
@@ -366,12 +388,9 @@ where
         shutdown: &ShutdownWatch,
     ) -> Turn {
         let head = match read_head(limits, stream, buf, deadline).await {
-            Head::Complete(info) => info,
-            Head::Refuse(code) => {
-                metrics().edge_refusal(code.as_str());
-                refuse(stream, &GatewayError::new(code), buf.starts_with(b"HEAD ")).await;
-                return Turn::Close;
-            }
+            Head::Complete(info) => Some(info),
+            Head::Unchecked => None,
+            Head::Refuse(code) => return refuse_head(stream, buf, code).await,
             other => {
                 count_close(&other);
                 return Turn::Close;
@@ -379,20 +398,17 @@ where
         };
         *served += 1;
         // A head that is only acceptable (not RFC-clean) gets no second request behind it
-        // on this connection: bytes after it are dropped, never read as a request.
-        let last = *served >= limits.keepalive_requests || *shutdown.borrow() || !head.compliant;
+        // on this connection (the lean path adds that condition once it has checked).
+        let last = *served >= limits.keepalive_requests || *shutdown.borrow();
         // Pingora caches the peer address in the digest (one getpeername per connection).
         let client = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        match self
-            .lean
-            .serve(stream, buf, head.headers, last, client)
-            .await
-        {
+        match self.lean.serve(stream, buf, head, last, client).await {
             Served::KeepAlive => Turn::Next,
             Served::Close => Turn::Close,
-            Served::Fallback => Turn::Fallback { last },
+            Served::Fallback { last } => Turn::Fallback { last },
+            Served::Refuse(code) => refuse_head(stream, buf, code).await,
         }
     }
 
@@ -419,6 +435,13 @@ where
         // Pipelining is off, so Pingora never hands back bytes of a next request.
         Some(reused.consume().0)
     }
+}
+
+/// Refuses a request head with this answer; the connection closes.
+async fn refuse_head(stream: &mut Stream, buf: &BytesMut, code: ErrorCode) -> Turn {
+    metrics().edge_refusal(code.as_str());
+    refuse(stream, &GatewayError::new(code), buf.starts_with(b"HEAD ")).await;
+    Turn::Close
 }
 
 /// Counts a connection the edge closes on a timed-out head.

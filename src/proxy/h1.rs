@@ -39,8 +39,7 @@ use crate::respond::{ErrorCode, GatewayError};
 use crate::runtime::{RouteTarget, Runtime, SharedRuntime};
 use crate::upstream::{pool, Cluster, SelectError};
 
-/// Most header lines a request may carry (the edge refused more already).
-const MAX_HEADERS: usize = 128;
+use crate::edge::{check_parsed, idle, HeadInfo, MAX_HEADERS};
 
 /// Bytes read from an upstream at a time once its head is in.
 const BODY_CHUNK: usize = 16 * 1024;
@@ -55,8 +54,11 @@ pub enum Served {
     KeepAlive,
     /// Answered, or the client is gone: close the connection.
     Close,
-    /// Not this path's request: the buffer is untouched, Pingora's session takes it.
-    Fallback,
+    /// Not this path's request: the buffer is untouched, Pingora's session takes it
+    /// (`last`: no request may follow it on the connection).
+    Fallback { last: bool },
+    /// The head failed the edge's checks: refuse it with this, untouched, and close.
+    Refuse(ErrorCode),
 }
 
 /// The lean conductor, one per listening service.
@@ -107,39 +109,46 @@ impl LeanProxy {
         }
     }
 
-    /// Serves the request whose complete head starts `buf` (the edge checked it). On
+    /// Serves the request whose complete head starts `buf`: `checked` when the edge parsed
+    /// and checked it, else this parse is the only one, and applies the edge's checks. On
     /// `KeepAlive`, `buf` holds only what the client sent after that request.
     pub async fn serve(
         &self,
         stream: &mut Stream,
         buf: &mut BytesMut,
-        header_count: usize,
+        checked: Option<HeadInfo>,
         last: bool,
         client: Option<SocketAddr>,
     ) -> Served {
         let client_ip = client.map(|a| a.ip());
-        // Sized by the edge's parse: no 128-slot array in this future (it is allocated per
-        // request, and moved there whole).
-        let mut header_slots = vec![httparse::EMPTY_HEADER; header_count.clamp(1, MAX_HEADERS)];
+        // Sized by the edge's parse, or by the head's line count: no 128-slot array in this
+        // future (it is allocated per request, and moved there whole).
+        let mut header_slots = vec![httparse::EMPTY_HEADER; header_slots_for(buf, checked)];
         let mut req = httparse::Request::new(&mut header_slots);
-        let head_len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            _ => return Served::Fallback,
+        let (head_len, compliant) = match parse_head(&mut req, buf, checked) {
+            Ok(parsed) => parsed,
+            Err(Some(code)) => return Served::Refuse(code),
+            Err(None) => return Served::Fallback { last },
         };
+        // A head that is only acceptable (not RFC-clean) gets no second request behind it
+        // on this connection: bytes after it are dropped, never read as a request.
+        let last = last || !compliant;
         if !wire::lean_eligible(&req) {
-            return Served::Fallback;
+            return Served::Fallback { last };
         }
         let Some(parts) = RequestParts::of(&req) else {
             // Targets other than a plain origin form (and methods the `http` crate
             // refuses) take Pingora's session, which answers them.
-            return Served::Fallback;
+            return Served::Fallback { last };
         };
         let rt = self.shared.load_full();
         let plan = plan_parts(&rt, &parts.method, &parts.target, parts.headers);
         if let Ok(p) = &plan {
             match rt.routes[p.route].target {
-                RouteTarget::Aggregate(_) => return Served::Fallback,
-                RouteTarget::Proxy(i) if rt.clusters[i].config.tls => return Served::Fallback,
+                RouteTarget::Aggregate(_) => return Served::Fallback { last },
+                RouteTarget::Proxy(i) if rt.clusters[i].config.tls => {
+                    return Served::Fallback { last }
+                }
                 RouteTarget::Proxy(_) => {}
             }
         }
@@ -311,6 +320,40 @@ impl LeanProxy {
     }
 }
 
+/// Header slots for parsing the head that starts `buf`: as many as the edge's parse found,
+/// else as many as `buf` has lines (a bound), within the edge's limit.
+fn header_slots_for(buf: &[u8], checked: Option<HeadInfo>) -> usize {
+    let slots = match checked {
+        Some(info) => info.headers,
+        None => memchr::memchr_iter(b'\n', buf).count(),
+    };
+    slots.clamp(1, MAX_HEADERS)
+}
+
+/// Parses the head that starts `buf`; when the edge did not check it (`checked` is `None`),
+/// applies the edge's checks to this parse, with the edge's answers. `Ok((length,
+/// compliant))`; `Err(Some(code))`: refuse; `Err(None)`: a parse that disagrees with the
+/// edge's (not expected), left to Pingora's session.
+fn parse_head<'b>(
+    req: &mut httparse::Request<'_, 'b>,
+    buf: &'b [u8],
+    checked: Option<HeadInfo>,
+) -> Result<(usize, bool), Option<ErrorCode>> {
+    match (req.parse(buf), checked) {
+        (Ok(httparse::Status::Complete(n)), Some(info)) => Ok((n, info.compliant)),
+        (Ok(httparse::Status::Complete(n)), None) => {
+            check_parsed(buf.get(..n).unwrap_or_default(), req)
+                .map(|compliant| (n, compliant))
+                .map_err(Some)
+        }
+        (_, Some(_)) => Err(None),
+        // The edge found a blank line after a plain start, so the head is complete: these
+        // are the answers its own check gives.
+        (Err(httparse::Error::TooManyHeaders), None) => Err(Some(ErrorCode::HeadersTooLarge)),
+        (_, None) => Err(Some(ErrorCode::BadRequest)),
+    }
+}
+
 /// The request as the shared decision modules read it, borrowed from the parse.
 struct RequestParts<'a> {
     method: Method,
@@ -382,12 +425,32 @@ async fn answer(
     }
 }
 
+/// Timeouts at least this long are timed on the coarse clock ([`idle::timeouts`]), whose
+/// lateness (up to two 100 ms ticks) is then at most a tenth of the timeout; shorter ones on
+/// Pingora's millisecond timer wheel.
+const COARSE_TIMEOUTS_FROM: Duration = Duration::from_secs(2);
+
+/// A wait that ran out of time.
+struct TimedOut;
+
+/// `fut`, unless `timeout` passes first. On the coarse clock a future that is ready at once
+/// (most writes) reads no clock, and a pending one parks in a slot instead of registering a
+/// timer: Pingora's wheel read the clock twice per call and boxed a timer per wait (2% of a
+/// proxied request's instructions).
+async fn timed<F: std::future::Future>(timeout: Duration, fut: F) -> Result<F::Output, TimedOut> {
+    if timeout >= COARSE_TIMEOUTS_FROM {
+        idle::timeouts().within(timeout, fut).await.ok_or(TimedOut)
+    } else {
+        fast_timeout(timeout, fut).await.map_err(|_| TimedOut)
+    }
+}
+
 async fn write_client(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> Result<(), ()> {
     let write = async {
         stream.write_all(bytes).await?;
         stream.flush().await
     };
-    match fast_timeout(timeout, write).await {
+    match timed(timeout, write).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
@@ -395,7 +458,7 @@ async fn write_client(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> R
 
 /// Connects to a backend. `Err(true)`: timed out.
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, bool> {
-    match fast_timeout(timeout, TcpStream::connect(addr)).await {
+    match timed(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
@@ -570,7 +633,7 @@ async fn exchange_head(
     client_buf: &mut BytesMut,
     head_len: usize,
 ) -> Result<wire::ResponseHead, HeadError> {
-    match fast_timeout(read_timeout, up.write_all(up_head)).await {
+    match timed(read_timeout, up.write_all(up_head)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Err(HeadError::Lost),
         Err(_) => return Err(HeadError::Timeout),
@@ -582,7 +645,7 @@ async fn exchange_head(
         }
         let read = tokio::select! {
             biased;
-            r = fast_timeout(read_timeout, up.read_buf(rbuf)) => r,
+            r = timed(read_timeout, up.read_buf(rbuf)) => r,
             () = client_gone(client, client_buf, head_len) => return Err(HeadError::ClientGone),
         };
         match read {
@@ -690,7 +753,7 @@ async fn relay_body(
             while left > 0 {
                 rbuf.clear();
                 rbuf.reserve(BODY_CHUNK);
-                match fast_timeout(read_timeout, up.read_buf(rbuf)).await {
+                match timed(read_timeout, up.read_buf(rbuf)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     // Ended early or stalled: the client sees a cut-off body and a close.
                     _ => return broken,
@@ -737,7 +800,7 @@ async fn relay_body(
             while !scanner.is_done() {
                 rbuf.clear();
                 rbuf.reserve(BODY_CHUNK);
-                match fast_timeout(read_timeout, up.read_buf(rbuf)).await {
+                match timed(read_timeout, up.read_buf(rbuf)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return broken,
                 }
@@ -767,7 +830,7 @@ async fn relay_body(
             loop {
                 rbuf.clear();
                 rbuf.reserve(BODY_CHUNK);
-                match fast_timeout(read_timeout, up.read_buf(rbuf)).await {
+                match timed(read_timeout, up.read_buf(rbuf)).await {
                     Ok(Ok(0)) => break,
                     Ok(Ok(_)) => {}
                     _ => return broken,
@@ -780,6 +843,104 @@ async fn relay_body(
             // The body ended with the connection: so does the client's.
             done(false, false)
         }
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+    use crate::edge::{check_head, plain_head_end};
+
+    /// The one parse of a head the edge did not check answers exactly as the edge's check
+    /// would have: thousands of generated heads, plain and hostile (bare LFs, duplicate and
+    /// look-alike framing headers, control and high bytes, too many lines), each followed
+    /// by nothing, a body, or a pipelined request.
+    #[test]
+    fn the_one_parse_answers_as_the_edge_check_would() {
+        const METHODS: &[&str] = &["GET", "POST", "HEAD", "G@T", "OPTIONS"];
+        const TARGETS: &[&str] = &["/", "/a?b=c", "*", "/\u{e9}", "/a\x01b", "http://h/x"];
+        const VERSIONS: &[&str] = &[" HTTP/1.1", " HTTP/1.0", " HTTP/2.0", "  HTTP/1.1", ""];
+        const LINES: &[&str] = &[
+            "Host: a",
+            "Content-Length: 5",
+            "Content-Length: 5, 5",
+            "content-length: 6",
+            "Transfer-Encoding: chunked",
+            "Transfer-Encoding: gzip, chunked",
+            "Transfer_Encoding: chunked",
+            " Host: folded",
+            "Bad Header: x",
+            "X-A: caf\u{e9}",
+            "X-B: a\x01b",
+            "X-C:",
+            "Connection: close",
+            "Expect: 100-continue",
+        ];
+        const ENDINGS: &[&str] = &["\r\n", "\r\n", "\r\n", "\n"];
+        const AFTER: &[&str] = &["", "hello", "GET /next HTTP/1.1\r\n\r\n"];
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut plain, mut served) = (0, 0);
+        for round in 0..20_000 {
+            let mut head = String::new();
+            // Mostly plain pieces (the first of each list), sometimes any.
+            let mut pick = |list: &[&'static str]| {
+                let any = next(3) == 0;
+                list[if any { next(list.len()) } else { 0 }]
+            };
+            head.push_str(pick(METHODS));
+            head.push(' ');
+            head.push_str(pick(TARGETS));
+            head.push_str(pick(VERSIONS));
+            head.push_str(pick(ENDINGS));
+            if round % 500 == 0 {
+                // Lines beyond the limit (and, every other time, exactly at it).
+                let n = if round % 1000 == 0 {
+                    MAX_HEADERS
+                } else {
+                    MAX_HEADERS + 1
+                };
+                head.push_str(&"X-N: v\r\n".repeat(n));
+            }
+            for _ in 0..round % 5 {
+                head.push_str(pick(LINES));
+                head.push_str(pick(ENDINGS));
+            }
+            head.push_str("\r\n");
+            head.push_str(pick(AFTER));
+            let buf = head.as_bytes();
+            let max = 8192;
+            let Some(end) = plain_head_end(buf) else {
+                continue;
+            };
+            if end > max {
+                continue;
+            }
+            plain += 1;
+            let expected = check_head(buf, max);
+            let mut slots = vec![httparse::EMPTY_HEADER; header_slots_for(buf, None)];
+            let mut req = httparse::Request::new(&mut slots);
+            let actual = parse_head(&mut req, buf, None);
+            match (&expected, &actual) {
+                (Ok(Some(info)), Ok((_, compliant))) => {
+                    assert_eq!(info.compliant, *compliant, "{head:?}");
+                    assert_eq!(info.headers, req.headers.len(), "{head:?}");
+                    served += 1;
+                }
+                (Err(code), Err(Some(refused))) => assert_eq!(code, refused, "{head:?}"),
+                _ => panic!("{head:?}: edge {expected:?}, one parse {actual:?}"),
+            }
+        }
+        // The corpus reaches both sides.
+        assert!(
+            plain > 10_000 && served > 2_000 && plain - served > 2_000,
+            "{plain} {served}"
+        );
     }
 }
 
@@ -811,7 +972,7 @@ mod tests {
             listener.accept().await.unwrap().0,
         ));
         let mut buf = BytesMut::new();
-        let size = std::mem::size_of_val(&lean.serve(&mut stream, &mut buf, 1, false, None));
+        let size = std::mem::size_of_val(&lean.serve(&mut stream, &mut buf, None, false, None));
         assert!(size <= 3072, "the lean request future grew to {size} bytes");
     }
 }

@@ -55,6 +55,22 @@ fn slow_backend_is_504_after_read_timeout() {
     );
 }
 
+/// A timeout of 2 s or more is timed on the coarse 100 ms clock (`edge::idle::timeouts`):
+/// it fires no earlier than asked, and at most a few ticks late.
+#[test]
+fn a_long_read_timeout_fires_on_the_coarse_clock() {
+    let slow = TestBackend::start("slow");
+    slow.set_delay(Duration::from_secs(4));
+    let gw = Gateway::start(&single(&format!("\"{}\"", slow.addr), "read_timeout: 2s"));
+    let start = Instant::now();
+    gw.get("/x").assert_error(504, "gateway_timeout");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(3500),
+        "504 after {took:?}"
+    );
+}
+
 #[test]
 fn errors_answer_head_requests_without_body() {
     let dead = free_port();
