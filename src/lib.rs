@@ -25,3 +25,6 @@ pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod upstream;
+
+#[cfg(test)]
+mod test_rng;

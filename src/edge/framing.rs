@@ -161,13 +161,8 @@ mod tests {
             " a\tb ",
         ];
         const ENDINGS: &[&str] = &["\r\n", "\r\n", "\n"];
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut rng = crate::test_rng::Xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut next = |n: usize| rng.below(n);
         let mut pick = |list: &[&'static str]| -> &'static str {
             let good = next(4) != 0;
             list[next(if good { GOOD } else { list.len() })]

@@ -878,13 +878,8 @@ mod head_tests {
         ];
         const ENDINGS: &[&str] = &["\r\n", "\r\n", "\r\n", "\n"];
         const AFTER: &[&str] = &["", "hello", "GET /next HTTP/1.1\r\n\r\n"];
-        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut rng = crate::test_rng::Xorshift(0x2545_f491_4f6c_dd1d);
+        let mut next = |n: usize| rng.below(n);
         let (mut plain, mut served) = (0, 0);
         for round in 0..20_000 {
             let mut head = String::new();
