@@ -52,6 +52,11 @@ pub struct Policy {
     store: Store,
     /// `RateLimit-Policy` value, built once.
     policy_header: HeaderValue,
+    /// The lean path's lines that do not change between requests, built once:
+    /// `ratelimit-limit: N\r\n`, `ratelimit-policy: ...\r\n` and `ratelimit: "name";r=`.
+    limit_line: Box<[u8]>,
+    policy_line: Box<[u8]>,
+    ratelimit_prefix: Box<[u8]>,
 }
 
 /// What identifies a request, for keys.
@@ -120,6 +125,17 @@ impl RateLimits {
                 c.window.as_secs().max(1)
             ))
             .map_err(|e| e.to_string())?;
+            let limit_line = format!("ratelimit-limit: {}\r\n", c.limit)
+                .into_bytes()
+                .into();
+            let policy_line = [
+                b"ratelimit-policy: ".as_slice(),
+                policy_header.as_bytes(),
+                b"\r\n",
+            ]
+            .concat()
+            .into();
+            let ratelimit_prefix = format!("ratelimit: \"{}\";r=", c.name).into_bytes().into();
             policies.push(Arc::new(Policy {
                 name: c.name.as_str().into(),
                 config: c.clone(),
@@ -129,6 +145,9 @@ impl RateLimits {
                 window_ms,
                 store,
                 policy_header,
+                limit_line,
+                policy_line,
+                ratelimit_prefix,
             }));
         }
         Ok(RateLimits {
@@ -207,12 +226,31 @@ impl RateLimits {
     /// The same headers as `name: value` lines, for the lean HTTP/1.1 path, which writes
     /// heads as bytes (no header map, no allocation per value).
     pub fn write_header_lines(&self, v: &RouteVerdict, out: &mut Vec<u8>) {
-        self.each_header(v, |name, value| {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
+        let Some(p) = self.policies.get(v.policy) else {
+            return;
+        };
+        // The lines of `each_header`, with what never changes written once per policy.
+        let reset = v.verdict.reset_ms.div_ceil(1000);
+        let (mut num, mut remaining) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let remaining = remaining.format(v.verdict.remaining).as_bytes();
+        out.extend_from_slice(&p.limit_line);
+        out.extend_from_slice(b"ratelimit-remaining: ");
+        out.extend_from_slice(remaining);
+        out.extend_from_slice(b"\r\nratelimit-reset: ");
+        out.extend_from_slice(num.format(reset).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&p.policy_line);
+        out.extend_from_slice(&p.ratelimit_prefix);
+        out.extend_from_slice(remaining);
+        out.extend_from_slice(b";t=");
+        out.extend_from_slice(num.format(reset).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if !v.verdict.allowed {
+            let secs = v.verdict.retry_after_ms.div_ceil(1000).max(1);
+            out.extend_from_slice(b"retry-after: ");
+            out.extend_from_slice(num.format(secs).as_bytes());
             out.extend_from_slice(b"\r\n");
-        });
+        }
     }
 
     /// Every response header of a verdict, in order; numbers are formatted on the stack.
@@ -413,6 +451,18 @@ mod tests {
                 retry_after_ms: 0,
             },
         };
+        // Both renderings (lines for the lean path, a header list for Pingora's) agree.
+        for v in [&refused, &allowed] {
+            let limits = limits("per_ip");
+            let mut lines = Vec::new();
+            limits.write_header_lines(v, &mut lines);
+            let from_list: String = limits
+                .headers(v)
+                .iter()
+                .map(|(n, v)| format!("{n}: {}\r\n", v.to_str().unwrap()))
+                .collect();
+            assert_eq!(String::from_utf8(lines).unwrap(), from_list);
+        }
         // The longest name a config allows still fits the line whole.
         let longest = "p".repeat(64);
         let headers = limits(&longest).headers(&allowed);
