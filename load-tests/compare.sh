@@ -1017,21 +1017,38 @@ px_ratio() {  # scenario proxy field
   [[ ${#n[@]} -gt 0 ]] || { echo n/a; return; }
   ratio "${m[$3]}" "${n[$3]}"
 }
+# The median over rounds of the proxy's value over nginx's in the same round (field 0:
+# req/s, 2: p99; "cpu": user + system µs per request). Each round measures the proxies back
+# to back, so a drift of the machine's speed over the run (two shared cores drift by 10-30%)
+# cancels in each round's ratio, where it does not in a ratio of two medians.
+paired_ratio() {  # scenario proxy field|cpu
+  local sc="$1" px="$2" f="$3" r v n rs=()
+  in_list nginx "${SC_PXS[$sc]:-}" || { echo n/a; return; }
+  for ((r = 1; r <= ROUNDS; r++)); do
+    read -ra v <<<"${RES["$sc|$px|$r"]:-}"; read -ra n <<<"${RES["$sc|nginx|$r"]:-}"
+    [[ ${#v[@]} -ge 7 && ${#n[@]} -ge 7 ]] || continue
+    if [[ "$f" == cpu ]]; then rs+=("$(ratio "$(awk -v u="${v[5]}" -v s="${v[6]}" 'BEGIN { print u + s }')" "$(awk -v u="${n[5]}" -v s="${n[6]}" 'BEGIN { print u + s }')")")
+    else rs+=("$(ratio "${v[$f]}" "${n[$f]}")"); fi
+  done
+  [[ ${#rs[@]} -gt 0 ]] || { echo n/a; return; }
+  median "${rs[@]}"
+}
 verdict() {  # ratio ge|le threshold -> met / not met / n/a
   [[ "$1" != n/a ]] || { echo n/a; return; }
   awk -v r="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == "ge") ? (r >= t) : (r <= t); print (ok ? "met" : "not met") }'
 }
 target_line() {  # scenario -> the issue's target, if any
-  local r
+  local r p
   in_list portcullis "${SC_PXS[$1]:-}" && in_list nginx "${SC_PXS[$1]:-}" || return 0
   case "$1" in
-    plain) r="$(px_ratio plain portcullis 0)"
-      echo "target: portcullis plain >= 1.00x nginx req/s: $r ($(verdict "$r" ge 1.0))" ;;
-    chain) r="$(px_ratio chain portcullis 0)"
-      echo "target: portcullis chain >= 0.95x nginx plain req/s: $r ($(verdict "$r" ge 0.95))" ;;
-    open_loop) r="$(px_ratio open_loop portcullis 2)"
-      echo "target: portcullis p99 <= nginx p99 at $RATE req/s: p99 ratio $r ($(verdict "$r" le 1.0))" ;;
+    plain) r="$(px_ratio plain portcullis 0)"; p="$(paired_ratio plain portcullis 0)"
+      echo "target: portcullis plain >= 1.00x nginx req/s: $r ($(verdict "$r" ge 1.0)); paired $p ($(verdict "$p" ge 1.0))" ;;
+    chain) r="$(px_ratio chain portcullis 0)"; p="$(paired_ratio chain portcullis 0)"
+      echo "target: portcullis chain >= 0.95x nginx plain req/s: $r ($(verdict "$r" ge 0.95)); paired $p ($(verdict "$p" ge 0.95))" ;;
+    open_loop) r="$(px_ratio open_loop portcullis 2)"; p="$(paired_ratio open_loop portcullis 2)"
+      echo "target: portcullis p99 <= nginx p99 at $RATE req/s: p99 ratio $r ($(verdict "$r" le 1.0)); paired $p ($(verdict "$p" le 1.0))" ;;
   esac
+  [[ "$1" == composite ]] || echo "  portcullis CPU per request / nginx's, paired by round: $(paired_ratio "$1" portcullis cpu)"
 }
 skipped_lines() {  # -> "what: reason" lines
   local k
@@ -1067,6 +1084,7 @@ fmt_ms() { awk -v v="$1" 'BEGIN { if (v < 0) print "n/a"; else printf "%.3f", v 
   done
   echo
   echo "x nginx = median req/s / nginx's median req/s in the same scenario; p99 x = the same for p99;"
+  echo "paired = the median over rounds of portcullis's value / nginx's in the same round (drift cancels);"
   echo "spread = (max - min) / median of the rounds' req/s; cpu us/r = median CPU time (user + system)"
   echo "of the proxy's processes per answered request, from /proc (steadier than req/s on shared cores)."
   echo
@@ -1159,9 +1177,10 @@ write_json() {  # path
       psep=""
       for px in ${SC_PXS[$sc]:-}; do
         read -ra m <<<"${MED[$sc|$px]}"
-        printf '%s\n        "%s": {"what": "%s", "median": {"rps": %s, "p50_ms": %s, "p99_ms": %s, "p999_ms": %s, "cpu_us_per_request": %s}, "errors": %s, "rps_spread_pct": %s, "ratio_rps": %s, "ratio_p99": %s, "rounds": [' \
+        printf '%s\n        "%s": {"what": "%s", "median": {"rps": %s, "p50_ms": %s, "p99_ms": %s, "p999_ms": %s, "cpu_us_per_request": %s}, "errors": %s, "rps_spread_pct": %s, "ratio_rps": %s, "ratio_p99": %s, "paired_ratio_rps": %s, "paired_ratio_p99": %s, "paired_ratio_cpu": %s, "rounds": [' \
           "$psep" "$px" "$(json_esc "${WHAT[$sc|$px]}")" "${m[0]}" "${m[1]}" "${m[2]}" "${m[3]}" "${m[6]}" "${m[4]}" "${m[5]}" \
-          "$(json_num "$(px_ratio "$sc" "$px" 0)")" "$(json_num "$(px_ratio "$sc" "$px" 2)")"
+          "$(json_num "$(px_ratio "$sc" "$px" 0)")" "$(json_num "$(px_ratio "$sc" "$px" 2)")" \
+          "$(json_num "$(paired_ratio "$sc" "$px" 0)")" "$(json_num "$(paired_ratio "$sc" "$px" 2)")" "$(json_num "$(paired_ratio "$sc" "$px" cpu)")"
         rsep=""
         for ((r = 1; r <= ROUNDS; r++)); do
           read -ra v <<<"${RES["$sc|$px|$r"]}"
