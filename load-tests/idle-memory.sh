@@ -267,46 +267,10 @@ mkdir -p "$TMP/nginx-temp"
 IDLE_SECS="${IDLE_TIMEOUT%s}"
 WORKER_CONNECTIONS=$((MAX_CLIENT_CONNS + 1024))   # nginx counts client + upstream connections
 
-nginx_common() {  # name worker_connections
-  cat <<EOF
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-daemon off;
-pid $TMP/$1.pid;
-error_log $TMP/$1-error.log warn;
-events { worker_connections $2; }
-EOF
-}
-nginx_http_common() {  # name
-  cat <<EOF
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout ${IDLE_SECS}s;
-    client_header_timeout ${IDLE_SECS}s;
-    client_body_temp_path $TMP/nginx-temp/$1-body;
-    proxy_temp_path       $TMP/nginx-temp/$1-proxy;
-    fastcgi_temp_path     $TMP/nginx-temp/$1-fastcgi;
-    uwsgi_temp_path       $TMP/nginx-temp/$1-uwsgi;
-    scgi_temp_path        $TMP/nginx-temp/$1-scgi;
-EOF
-}
-
-write_upstream_conf() {
-  { nginx_common upstream 4096
-    cat <<EOF
-http {
-$(nginx_http_common upstream)
-    server {
-        listen 127.0.0.1:$UPSTREAM_PORT;
-        location / {
-            default_type application/json;
-            return 200 '$EXPECTED_BODY';
-        }
-    }
-}
-EOF
-  } >"$TMP/upstream.conf"
-}
+# lib.sh's nginx blocks, with the limits many idle connections need.
+NGINX_NOFILE="$NOFILE"
+NGINX_KEEPALIVE_TIMEOUT="${IDLE_SECS}s"
+NGINX_HEADER_TIMEOUT="${IDLE_SECS}s"
 
 write_nginx_conf() {
   { nginx_common nginx "$WORKER_CONNECTIONS"

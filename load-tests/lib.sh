@@ -54,13 +54,16 @@ proc_ticks() {  # pid...
 
 # The nginx upstream (and the common parts of an nginx config) of run.sh and compare.sh;
 # idle-memory.sh writes its own (sized for its idle connection sets).
-nginx_common() {  # name
+# NGINX_NOFILE (worker_rlimit_nofile), NGINX_KEEPALIVE_TIMEOUT and NGINX_HEADER_TIMEOUT
+# (client_header_timeout) let a script that holds many idle connections raise nginx's limits.
+nginx_common() {  # name [worker_connections, default 4096]
   cat <<EOF
 worker_processes 1;
-daemon off;
+${NGINX_NOFILE:+worker_rlimit_nofile $NGINX_NOFILE;
+}daemon off;
 pid $TMP/$1.pid;
 error_log $TMP/$1-error.log warn;
-events { worker_connections 4096; }
+events { worker_connections ${2:-4096}; }
 EOF
 }
 
@@ -68,8 +71,9 @@ nginx_http_common() {  # name
   cat <<EOF
     access_log off;
     keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    client_body_temp_path $TMP/nginx-temp/$1-body;
+    keepalive_timeout ${NGINX_KEEPALIVE_TIMEOUT:-75s};
+${NGINX_HEADER_TIMEOUT:+    client_header_timeout $NGINX_HEADER_TIMEOUT;
+}    client_body_temp_path $TMP/nginx-temp/$1-body;
     proxy_temp_path       $TMP/nginx-temp/$1-proxy;
     fastcgi_temp_path     $TMP/nginx-temp/$1-fastcgi;
     uwsgi_temp_path       $TMP/nginx-temp/$1-uwsgi;

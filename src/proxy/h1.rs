@@ -30,6 +30,7 @@ use super::plan::plan_parts;
 use super::wire::{self, Answering, BadResponse, ChunkedScanner, Forwarding, Framing};
 use super::InFlight;
 use crate::config::{HashKey, LbPolicy};
+use crate::edge::{check_parsed, idle, HeadInfo, MAX_HEADERS};
 use crate::observability::metrics::NO_ROUTE;
 use crate::observability::{
     metrics, AccessLog, AccessRecord, AuthOutcome, RateOutcome, RouteMetrics,
@@ -38,8 +39,6 @@ use crate::request::{HeaderView, Target};
 use crate::respond::{ErrorCode, GatewayError};
 use crate::runtime::{RouteTarget, Runtime, SharedRuntime};
 use crate::upstream::{pool, Cluster, SelectError};
-
-use crate::edge::{check_parsed, idle, HeadInfo, MAX_HEADERS};
 
 /// Bytes read from an upstream at a time once its head is in.
 const BODY_CHUNK: usize = 16 * 1024;

@@ -24,9 +24,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::health_check::HealthCheck;
-use pingora_load_balancing::selection::{
-    BackendIter, BackendSelection, Consistent, Random, RoundRobin,
-};
+use pingora_load_balancing::selection::{BackendIter, BackendSelection, Consistent, RoundRobin};
 use pingora_load_balancing::{discovery, Backend, Backends, LoadBalancer};
 
 use crate::config::{HashKey, LbPolicy, UpstreamConfig};
@@ -41,8 +39,14 @@ pub const PASSIVE_EJECTION: Duration = Duration::from_secs(5);
 const MAX_SELECT_STEPS: usize = 1024;
 
 enum Balancer {
-    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
-    Random(Arc<LoadBalancer<Random>>),
+    /// Round robin and random: the cluster picks from `order` (slot indices, each repeated
+    /// by its weight), and Pingora's balancer only runs the active checks.
+    Weighted {
+        checks: Arc<LoadBalancer<RoundRobin>>,
+        order: Box<[usize]>,
+        next: AtomicUsize,
+    },
+    /// Consistent hashing: Pingora's Ketama ring picks, and its balancer runs the checks.
     Consistent(Arc<LoadBalancer<Consistent>>),
 }
 
@@ -55,12 +59,6 @@ struct BackendSlot {
     /// Whether the active check admits it: Pingora's health, mirrored by [`Mirrored`]
     /// (healthy until a check says otherwise, as in Pingora).
     healthy: Arc<AtomicBool>,
-}
-
-/// Round robin and random: slot indices, each repeated by its weight.
-struct Weighted {
-    order: Box<[usize]>,
-    next: AtomicUsize,
 }
 
 /// Why no backend could be chosen.
@@ -83,8 +81,6 @@ pub struct Cluster {
     /// this is unchanged.
     pub config: UpstreamConfig,
     balancer: Balancer,
-    /// `None` for consistent hashing, which Pingora's Ketama ring selects.
-    weighted: Option<Weighted>,
     slots: Vec<BackendSlot>,
 }
 
@@ -116,19 +112,18 @@ impl Cluster {
             .map(|b| (b.addr, Arc::new(AtomicBool::new(true))))
             .collect();
         let balancer = match cfg.lb {
-            LbPolicy::RoundRobin => Balancer::RoundRobin(balancer_for(cfg, backends, &flags)),
-            LbPolicy::Random => Balancer::Random(balancer_for(cfg, backends, &flags)),
             LbPolicy::ConsistentHash => Balancer::Consistent(balancer_for(cfg, backends, &flags)),
+            LbPolicy::RoundRobin | LbPolicy::Random => Balancer::Weighted {
+                checks: balancer_for(cfg, backends, &flags),
+                order: cfg
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, b)| std::iter::repeat_n(i, b.weight))
+                    .collect(),
+                next: AtomicUsize::new(0),
+            },
         };
-        let weighted = (cfg.lb != LbPolicy::ConsistentHash).then(|| Weighted {
-            order: cfg
-                .backends
-                .iter()
-                .enumerate()
-                .flat_map(|(i, b)| std::iter::repeat_n(i, b.weight.max(1)))
-                .collect(),
-            next: AtomicUsize::new(0),
-        });
         let slots = cfg
             .backends
             .iter()
@@ -155,7 +150,6 @@ impl Cluster {
             metrics: metrics().upstream(&cfg.name),
             config: cfg.clone(),
             balancer,
-            weighted,
             slots,
         }
     }
@@ -167,8 +161,7 @@ impl Cluster {
             return;
         }
         match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.start(stop).await,
-            Balancer::Random(lb) => lb.start(stop).await,
+            Balancer::Weighted { checks, .. } => checks.start(stop).await,
             Balancer::Consistent(lb) => lb.start(stop).await,
         }
     }
@@ -225,35 +218,35 @@ impl Cluster {
         key: &[u8],
         accept: impl Fn(&BackendSlot, bool) -> bool,
     ) -> Option<&BackendSlot> {
-        if let Some(w) = &self.weighted {
-            return self
-                .pick_weighted(w, |slot| accept(slot, slot.healthy.load(Ordering::Relaxed)));
+        match &self.balancer {
+            Balancer::Weighted { order, next, .. } => self.pick_weighted(order, next, |slot| {
+                accept(slot, slot.healthy.load(Ordering::Relaxed))
+            }),
+            Balancer::Consistent(lb) => lb
+                .select_with(key, MAX_SELECT_STEPS, |b, healthy| {
+                    self.slot(b).is_some_and(|s| accept(s, healthy))
+                })
+                .and_then(|b| self.slot(&b)),
         }
-        let filter = |b: &Backend, healthy: bool| self.slot(b).is_some_and(|s| accept(s, healthy));
-        let backend = match &self.balancer {
-            Balancer::RoundRobin(lb) => select_with(lb, key, &filter),
-            Balancer::Random(lb) => select_with(lb, key, &filter),
-            Balancer::Consistent(lb) => select_with(lb, key, &filter),
-        };
-        backend.and_then(|b| self.slot(&b))
     }
 
     /// Round robin or random: the weighted order's next (or a random) entry, then, when
     /// that one is not accepted, every slot once in turn after it.
     fn pick_weighted(
         &self,
-        w: &Weighted,
+        order: &[usize],
+        next: &AtomicUsize,
         accept: impl Fn(&BackendSlot) -> bool,
     ) -> Option<&BackendSlot> {
-        let n = w.order.len();
+        let n = order.len();
         if n == 0 || self.slots.is_empty() {
             return None;
         }
         let turn = match self.config.lb {
             LbPolicy::Random => random_index(n),
-            _ => w.next.fetch_add(1, Ordering::Relaxed) % n,
+            _ => next.fetch_add(1, Ordering::Relaxed) % n,
         };
-        let first = w.order.get(turn).copied().unwrap_or(0);
+        let first = order.get(turn).copied().unwrap_or(0);
         (0..self.slots.len())
             .filter_map(|i| self.slots.get((first + i) % self.slots.len()))
             .find(|slot| accept(slot))
@@ -285,18 +278,6 @@ impl Cluster {
     pub fn backend_count(&self) -> usize {
         self.slots.len()
     }
-}
-
-fn select_with<S>(
-    lb: &LoadBalancer<S>,
-    key: &[u8],
-    accept: &dyn Fn(&Backend, bool) -> bool,
-) -> Option<Backend>
-where
-    S: BackendSelection + 'static,
-    S::Iter: BackendIter,
-{
-    lb.select_with(key, MAX_SELECT_STEPS, |b, healthy| accept(b, healthy))
 }
 
 fn balancer_for<S>(
