@@ -189,15 +189,21 @@ impl IdleClock {
         let due = self.after(timeout);
         self.start_ticker();
         let ring = RING.with(|r| *r) * SLOTS as usize;
+        // `fut` was just polled and has this task's waker: the first park polls only the slot.
+        let mut just_polled = true;
         loop {
             let mut woken = std::pin::pin!(match self.park(ring, due, false) {
                 Park::On(woken) => woken,
                 Park::Due | Park::Closing => return None,
                 Park::Again => continue,
             });
-            let done = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
-                Poll::Ready(v) => Poll::Ready(Some(v)),
-                Poll::Pending => woken.as_mut().poll(cx).map(|()| None),
+            let done = std::future::poll_fn(|cx| {
+                if !std::mem::take(&mut just_polled) {
+                    if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                        return Poll::Ready(Some(v));
+                    }
+                }
+                woken.as_mut().poll(cx).map(|()| None)
             })
             .await;
             if done.is_some() {
