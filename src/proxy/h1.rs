@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use super::admit::{admit, Admission};
 use super::headers::RequestId;
 use super::plan::plan_parts;
+use super::scratch::{self, Buffers, Lease};
 use super::wire::{self, Answering, BadResponse, ChunkedScanner, Forwarding, Framing};
 use super::InFlight;
 use crate::config::{HashKey, LbPolicy};
@@ -120,9 +121,10 @@ impl LeanProxy {
         client: Option<SocketAddr>,
     ) -> Served {
         let client_ip = client.map(|a| a.ip());
+        let mut scratch = Lease::take();
         // Sized by the edge's parse, or by the head's line count: no 128-slot array in this
         // future (it is allocated per request, and moved there whole).
-        let mut header_slots = vec![httparse::EMPTY_HEADER; header_slots_for(buf, checked)];
+        let mut header_slots = scratch.header_slots(header_slots_for(buf, checked));
         let mut req = httparse::Request::new(&mut header_slots);
         let (head_len, compliant) = match parse_head(&mut req, buf, checked) {
             Ok(parsed) => parsed,
@@ -180,10 +182,15 @@ impl LeanProxy {
                 let admission = admit(&rt, route, &parts.method, parts.headers, client_ip).await;
                 ex.auth = admission.auth;
                 ex.rate = admission.rate;
-                // Room for the six RateLimit-* lines: growing into them cost more than they do.
-                let mut rate_headers = Vec::with_capacity(256);
+                let Buffers {
+                    up_head,
+                    rate_lines: rate_headers,
+                    client_head,
+                    upstream: rbuf,
+                    slots,
+                } = &mut *scratch;
                 if let Some(v) = &admission.rate_verdict {
-                    rt.rate_limits.write_header_lines(v, &mut rate_headers);
+                    rt.rate_limits.write_header_lines(v, rate_headers);
                 }
                 if let Some(refusal) = &admission.refusal {
                     answer(
@@ -194,7 +201,7 @@ impl LeanProxy {
                         id,
                         head_request,
                         close,
-                        &rate_headers,
+                        rate_headers,
                     )
                     .await
                 } else if let Some(cluster) = rt.cluster_for(p.route) {
@@ -206,9 +213,8 @@ impl LeanProxy {
                         .auth
                         .as_ref()
                         .map_or(&[][..], |a| a.config().forward_claims.as_slice());
-                    let mut up_head = Vec::with_capacity(head_len + 192);
                     wire::write_request_head(
-                        &mut up_head,
+                        up_head,
                         &req,
                         &Forwarding {
                             target: p.upstream_target.as_deref(),
@@ -224,20 +230,24 @@ impl LeanProxy {
                     } else {
                         Vec::new()
                     };
+                    let idempotent = parts.method.is_idempotent();
+                    // The parse's last reader is done: its slots go back before `buf`,
+                    // which they borrow, is read into again.
+                    scratch::keep_slots(slots, header_slots);
                     let ans = Answering {
                         request_id: id,
-                        extra: &rate_headers,
+                        extra: rate_headers,
                         close,
                         head_request,
                     };
-                    let idempotent = parts.method.is_idempotent();
                     match proxy(
                         stream,
                         buf,
                         head_len,
                         cluster,
                         &key,
-                        &up_head,
+                        up_head,
+                        (client_head, rbuf),
                         &ans,
                         idempotent,
                         rt.server.response_write_timeout,
@@ -255,7 +265,7 @@ impl LeanProxy {
                                 id,
                                 head_request,
                                 close,
-                                &rate_headers,
+                                rate_headers,
                             )
                             .await
                         }
@@ -362,7 +372,9 @@ struct RequestParts<'a> {
 }
 
 impl<'a> RequestParts<'a> {
-    fn of(req: &'a httparse::Request<'_, 'a>) -> Option<RequestParts<'a>> {
+    /// Borrows `req` only (not the bytes for as long as they live), so that its header slots
+    /// can be given back once the last reader is done.
+    fn of(req: &'a httparse::Request<'_, '_>) -> Option<RequestParts<'a>> {
         let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
         let raw_target = req.path?;
         Some(RequestParts {
@@ -478,6 +490,7 @@ async fn proxy(
     cluster: &Cluster,
     key: &[u8],
     up_head: &[u8],
+    (client_head, rbuf): (&mut Vec<u8>, &mut BytesMut),
     ans: &Answering<'_>,
     idempotent: bool,
     write_timeout: Duration,
@@ -489,8 +502,6 @@ async fn proxy(
     let mut retries_used = 0u32;
     let mut connect_timed_out = false;
     let mut fresh_only = false;
-    let mut client_head = Vec::with_capacity(512);
-    let mut rbuf = BytesMut::new();
     let (mut up, addr, head) = loop {
         let addr = cluster.select_addr(key, &tried).map_err(|e| match e {
             SelectError::NoHealthyBackend => GatewayError::new(ErrorCode::ServiceUnavailable),
@@ -541,10 +552,10 @@ async fn proxy(
         match exchange_head(
             &mut up,
             up_head,
-            &mut rbuf,
+            rbuf,
             cfg.read_timeout,
             ans,
-            &mut client_head,
+            client_head,
             stream,
             client_buf,
             head_len,
@@ -603,8 +614,8 @@ async fn proxy(
     let relay = relay_body(
         &mut up,
         stream,
-        &mut rbuf,
-        &mut client_head,
+        rbuf,
+        client_head,
         head.framing,
         (cfg.read_timeout, write_timeout),
         ex,

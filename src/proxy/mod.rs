@@ -6,6 +6,7 @@ mod composite;
 pub mod h1;
 pub mod headers;
 pub mod plan;
+mod scratch;
 pub mod wire;
 
 use std::net::SocketAddr;
