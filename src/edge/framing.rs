@@ -56,7 +56,23 @@ fn plainly_compliant(head: &[u8], req: &httparse::Request) -> bool {
                     Some(b'c' | b't')
                 )
         })
-        && memchr::memchr_iter(b'\n', head).all(|at| at > 0 && head[at - 1] == b'\r')
+        && lines_end_in_crlf(head, req)
+}
+
+/// Whether every line of a head httparse parsed ends in CRLF (it also takes a bare LF as a
+/// line end). A parsed request head holds no LF but its line ends (no folded lines, none in a
+/// target or a value), and those are known without a scan: one before each header's name,
+/// and the last two at the end. httparse's slices point into `head`, so a name's offset is
+/// its address less the head's; an offset that is off (it cannot be) fails the check.
+fn lines_end_in_crlf(head: &[u8], req: &httparse::Request) -> bool {
+    let base = head.as_ptr() as usize;
+    let crlf_before = |at: usize| at >= 2 && head.get(at - 2..at) == Some(&b"\r\n"[..]);
+    head.ends_with(b"\r\n\r\n")
+        && req.headers.iter().all(|h| {
+            (h.name.as_ptr() as usize)
+                .checked_sub(base)
+                .is_some_and(crlf_before)
+        })
 }
 
 #[cfg(test)]

@@ -102,6 +102,14 @@ struct ConnectionTokens {
 
 impl ConnectionTokens {
     fn read(&mut self, value: &[u8]) {
+        // The usual values, without the split.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            return;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return;
+        }
         for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
