@@ -121,6 +121,20 @@ impl IdleClock {
         )
     }
 
+    /// Now, as the clock's count of ticks (at most a tick behind), without reading the time.
+    /// Starts the clock's thread if nothing has yet.
+    pub fn now(self: &Arc<Self>) -> Tick {
+        self.start_ticker();
+        Tick(self.fired.load(Ordering::Relaxed))
+    }
+
+    /// Time since `earlier` (from [`Self::now`]), in whole ticks: short of the truth by up
+    /// to two ticks.
+    pub fn since(&self, earlier: Tick) -> Duration {
+        let ticks = self.fired.load(Ordering::Relaxed).saturating_sub(earlier.0);
+        TICK.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX))
+    }
+
     /// The tick at or after `t`: the first whose firing means `t` has passed.
     pub fn tick_of(&self, t: Instant) -> Tick {
         let nanos = t.saturating_duration_since(self.start).as_nanos();
@@ -411,6 +425,18 @@ mod tests {
         assert_eq!(clock.after(TICK).0, 12);
         assert_eq!(clock.after(TICK * 5 / 2).0, 14);
         assert_eq!(clock.after(Duration::ZERO).0, 11);
+    }
+
+    #[test]
+    fn since_counts_the_ticks_fired_in_between() {
+        let clock = IdleClock::new();
+        clock.fired.store(10, Ordering::SeqCst);
+        let then = Tick(clock.fired.load(Ordering::SeqCst));
+        assert_eq!(clock.since(then), Duration::ZERO);
+        clock.fired.store(13, Ordering::SeqCst);
+        assert_eq!(clock.since(then), TICK * 3);
+        // A tick from a later reading than the clock's (not expected) is no time at all.
+        assert_eq!(clock.since(Tick(20)), Duration::ZERO);
     }
 
     #[test]

@@ -9,9 +9,11 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
+
+use crate::edge::idle::{self, Tick};
 
 /// Most idle connections kept per backend and thread.
 pub const MAX_IDLE_PER_BACKEND: usize = 128;
@@ -21,7 +23,9 @@ const MAX_BACKENDS: usize = 4096;
 
 struct Idle {
     stream: TcpStream,
-    since: Instant,
+    /// When it was checked in, on the coarse clock ([`idle::timeouts`]): an idle timeout
+    /// needs no clock read per request, and may pass up to two 100 ms ticks late.
+    since: Tick,
 }
 
 thread_local! {
@@ -37,8 +41,9 @@ pub fn checkout(addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.get_mut(&addr)?;
+        let clock = idle::timeouts();
         while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() >= idle_timeout {
+            if clock.since(conn.since) >= idle_timeout {
                 // Older ones are older still.
                 idle.clear();
                 return None;
@@ -76,10 +81,11 @@ pub fn checkin(addr: SocketAddr, stream: TcpStream, idle_timeout: Duration) {
             return;
         }
         let idle = pool.entry(addr).or_default();
-        let now = Instant::now();
+        let clock = idle::timeouts();
+        let now = clock.now();
         let expired = idle
             .iter()
-            .take_while(|c| now.saturating_duration_since(c.since) >= idle_timeout)
+            .take_while(|c| clock.since(c.since) >= idle_timeout)
             .count();
         idle.drain(..expired);
         if idle.len() < MAX_IDLE_PER_BACKEND {
