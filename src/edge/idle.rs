@@ -128,8 +128,8 @@ impl IdleClock {
         Tick(self.fired.load(Ordering::Relaxed))
     }
 
-    /// Time since `earlier` (from [`Self::now`]), in whole ticks: short of the truth by up
-    /// to two ticks.
+    /// Time since `earlier` (from [`Self::now`]), in whole ticks: within about a tick of the
+    /// truth either way, and short of it by more when the clock's thread runs late.
     pub fn since(&self, earlier: Tick) -> Duration {
         let ticks = self.fired.load(Ordering::Relaxed).saturating_sub(earlier.0);
         TICK.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX))

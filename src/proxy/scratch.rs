@@ -16,7 +16,9 @@ use bytes::BytesMut;
 const POOL_SIZE: usize = 64;
 
 /// A buffer with more capacity than this is dropped rather than kept (a large body's
-/// chunks, a long head): the pool stays small whatever one request needed.
+/// chunks, a long head): the pool stays small whatever one request needed. The read buffer
+/// may hold up to about twice this: `BytesMut` does not count the front it has consumed
+/// (given back by its next `reserve`).
 const MAX_KEPT_BYTES: usize = 64 * 1024;
 
 /// Header slots above this many are not kept (the edge allows up to `MAX_HEADERS`).
@@ -132,6 +134,8 @@ mod tests {
         let (head_ptr, slots_ptr) = {
             let mut lease = Lease::take();
             lease.up_head.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            lease.rate_lines.extend_from_slice(b"ratelimit: x\r\n");
+            lease.client_head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
             lease.upstream.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
             let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
             let mut slots = lease.header_slots(4);
@@ -143,6 +147,7 @@ mod tests {
         };
         let mut lease = Lease::take();
         assert!(lease.up_head.is_empty() && lease.upstream.is_empty());
+        assert!(lease.rate_lines.is_empty() && lease.client_head.is_empty());
         assert_eq!(lease.up_head.as_ptr() as usize, head_ptr);
         let slots = lease.header_slots(3);
         assert_eq!(slots.len(), 3);

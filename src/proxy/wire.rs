@@ -820,7 +820,7 @@ mod tests {
             let mut out = Vec::new();
             let fwd = Forwarding {
                 target: None,
-                client_ip: None,
+                client_ip: Some(IpAddr::from([10, 1, 2, 3])),
                 request_id: b"id",
                 reserved: &reserved_names,
                 identity: &[],
@@ -833,9 +833,29 @@ mod tests {
                 "request {hs:?}: {}",
                 String::from_utf8_lossy(&out)
             );
-            let gateway_part = &lines_written[expected.len()..];
-            assert!(
-                gateway_part.starts_with(b"x-forwarded-proto: http\r\n"),
+            // The gateway's own lines: the client's first non-empty X-Forwarded-For leads
+            // the address, the first Host becomes X-Forwarded-Host.
+            let mut gateway_lines = b"x-forwarded-for: ".to_vec();
+            let named = |n: &'static str| {
+                hs.iter()
+                    .filter(move |h| h.name.eq_ignore_ascii_case(n))
+                    .map(|h| h.value)
+            };
+            if let Some(prev) = named("x-forwarded-for")
+                .map(<[u8]>::trim_ascii)
+                .find(|v| !v.is_empty())
+            {
+                gateway_lines.extend_from_slice(prev);
+                gateway_lines.extend_from_slice(b", ");
+            }
+            gateway_lines.extend_from_slice(b"10.1.2.3\r\nx-forwarded-proto: http\r\n");
+            if let Some(host) = named("host").next() {
+                push_header(&mut gateway_lines, b"x-forwarded-host", host);
+            }
+            gateway_lines.extend_from_slice(b"x-request-id: id\r\n\r\n");
+            assert_eq!(
+                String::from_utf8_lossy(&lines_written[expected.len()..]),
+                String::from_utf8_lossy(&gateway_lines),
                 "{hs:?}"
             );
 

@@ -53,18 +53,24 @@ pub fn checkout(addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {
         let idle = pool.get_mut(&addr)?;
         let clock = idle::timeouts();
         while let Some(conn) = idle.pop() {
-            // A reload may have shortened the timeout since it was checked in.
-            if clock.since(conn.since) >= conn.idle_timeout.min(idle_timeout) {
-                // Older ones are older still.
-                idle.clear();
-                return None;
-            }
-            if is_quiet(&conn.stream) {
+            // A reload may have shortened the timeout since it was checked in. Connections
+            // of clusters with other timeouts may share the backend: each is judged alone.
+            let timeout = conn.idle_timeout.min(idle_timeout);
+            if !expired(clock.since(conn.since), timeout) && is_quiet(&conn.stream) {
                 return Some(conn.stream);
             }
         }
         None
     })
+}
+
+/// Whether a connection idle for `idled` (by the coarse clock, which may read up to about
+/// a tick short of the truth, more if its thread runs late) is past `timeout`. It errs
+/// early, by two ticks: a connection closed up to 200 ms before its time costs a connect,
+/// one kept past it may meet a backend that has just closed it (a `502` for a request that
+/// is not retried).
+fn expired(idled: Duration, timeout: Duration) -> bool {
+    idled.saturating_add(idle::TICK * 2) >= timeout
 }
 
 /// Whether an idle connection has neither been closed nor sent anything. The reactor's
@@ -97,7 +103,7 @@ pub fn checkin(addr: SocketAddr, stream: TcpStream, idle_timeout: Duration) {
         let now = clock.now();
         let expired = idle
             .iter()
-            .take_while(|c| clock.since(c.since) >= c.idle_timeout)
+            .take_while(|c| expired(clock.since(c.since), c.idle_timeout))
             .count();
         idle.drain(..expired);
         if idle.len() < MAX_IDLE_PER_BACKEND {
@@ -136,7 +142,7 @@ pub fn sweep() {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         pool.retain(|_, idle| {
-            idle.retain(|c| clock.since(c.since) < c.idle_timeout && is_quiet(&c.stream));
+            idle.retain(|c| !expired(clock.since(c.since), c.idle_timeout) && is_quiet(&c.stream));
             !idle.is_empty()
         });
     });
@@ -174,6 +180,32 @@ mod tests {
                 idle_count(addr)
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[test]
+    fn expiry_errs_early_by_two_ticks() {
+        let timeout = Duration::from_secs(5);
+        assert!(!expired(Duration::from_millis(4_799), timeout));
+        assert!(expired(Duration::from_millis(4_800), timeout));
+        assert!(expired(Duration::from_secs(60), timeout));
+        // Shorter than two ticks: never reused.
+        assert!(expired(Duration::ZERO, Duration::from_millis(150)));
+    }
+
+    #[tokio::test]
+    async fn the_thread_s_own_task_sweeps_without_a_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed, closed_peer) = connected(&listener).await;
+        checkin(addr, closed, Duration::from_secs(3600));
+        drop(closed_peer);
+        // Neither `sweep` nor `checkout` is called here: the task `checkin` started runs
+        // every SWEEP_EVERY (1 s).
+        let deadline = Instant::now() + SWEEP_EVERY * 5;
+        while idle_count(addr) != 0 {
+            assert!(Instant::now() < deadline, "the sweep task never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
