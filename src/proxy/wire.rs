@@ -185,26 +185,66 @@ enum RequestLine {
 }
 
 impl RequestLine {
-    /// One length match and at most two comparisons per name.
     fn of(name: &[u8]) -> RequestLine {
+        match KnownName::of(name) {
+            KnownName::Host => RequestLine::Host,
+            KnownName::Connection => RequestLine::Connection,
+            KnownName::XForwardedFor => RequestLine::ForwardedFor,
+            KnownName::HopByHop | KnownName::XRequestId | KnownName::XForwardedOther => {
+                RequestLine::Drop
+            }
+            KnownName::ContentLength
+            | KnownName::TransferEncoding
+            | KnownName::RateLimit
+            | KnownName::Other => RequestLine::Relay,
+        }
+    }
+}
+
+/// The header names either direction treats specially, told apart once per line: by the
+/// name's length (most names match none, and their length says so), then at most two
+/// comparisons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KnownName {
+    /// Hop-by-hop (RFC 9110 7.6.1), `Upgrade`, `Proxy-Connection` and `Proxy-Authorization`;
+    /// `Connection` is told apart.
+    HopByHop,
+    Connection,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    XRequestId,
+    XForwardedFor,
+    /// `X-Forwarded-Host`, `X-Forwarded-Proto`.
+    XForwardedOther,
+    /// One of the RateLimit-* names the gateway writes itself (`ratelimit::HEADER_NAMES`,
+    /// but `Retry-After`).
+    RateLimit,
+    Other,
+}
+
+impl KnownName {
+    fn of(name: &[u8]) -> KnownName {
         let is = |known: &str| is_named(name, known.as_bytes());
-        let drop = match name.len() {
-            2 => is("te"),
-            4 if is("host") => return RequestLine::Host,
-            7 => is("trailer") || is("upgrade"),
-            10 if is("connection") => return RequestLine::Connection,
-            10 => is("keep-alive"),
-            12 => is("x-request-id"),
-            15 if is("x-forwarded-for") => return RequestLine::ForwardedFor,
-            16 => is("x-forwarded-host") || is("proxy-connection"),
-            17 => is("x-forwarded-proto"),
-            19 => is("proxy-authorization"),
-            _ => false,
-        };
-        if drop {
-            RequestLine::Drop
-        } else {
-            RequestLine::Relay
+        match name.len() {
+            2 if is("te") => KnownName::HopByHop,
+            4 if is("host") => KnownName::Host,
+            7 if is("trailer") || is("upgrade") => KnownName::HopByHop,
+            9 if is("ratelimit") => KnownName::RateLimit,
+            10 if is("connection") => KnownName::Connection,
+            10 if is("keep-alive") => KnownName::HopByHop,
+            12 if is("x-request-id") => KnownName::XRequestId,
+            14 if is("content-length") => KnownName::ContentLength,
+            15 if is("x-forwarded-for") => KnownName::XForwardedFor,
+            15 if is("ratelimit-limit") || is("ratelimit-reset") => KnownName::RateLimit,
+            16 if is("proxy-connection") => KnownName::HopByHop,
+            16 if is("x-forwarded-host") => KnownName::XForwardedOther,
+            16 if is("ratelimit-policy") => KnownName::RateLimit,
+            17 if is("transfer-encoding") => KnownName::TransferEncoding,
+            17 if is("x-forwarded-proto") => KnownName::XForwardedOther,
+            19 if is("proxy-authorization") => KnownName::HopByHop,
+            19 if is("ratelimit-remaining") => KnownName::RateLimit,
+            _ => KnownName::Other,
         }
     }
 }
@@ -497,29 +537,18 @@ enum ResponseLine {
 }
 
 impl ResponseLine {
-    /// One length match and at most two comparisons per name: most names are relayed, and
-    /// their length alone says so.
     fn of(name: &[u8], drop_rate_limit: bool) -> ResponseLine {
-        let is = |known: &str| is_named(name, known.as_bytes());
-        let rate_limit = |known: &str| drop_rate_limit && is(known);
-        let drop = match name.len() {
-            2 => is("te"),
-            7 => is("trailer") || is("upgrade"),
-            9 => rate_limit("ratelimit"),
-            10 if is("connection") => return ResponseLine::Connection,
-            10 => is("keep-alive"),
-            12 => is("x-request-id"),
-            14 if is("content-length") => return ResponseLine::ContentLength,
-            15 => rate_limit("ratelimit-limit") || rate_limit("ratelimit-reset"),
-            16 => is("proxy-connection") || rate_limit("ratelimit-policy"),
-            17 if is("transfer-encoding") => return ResponseLine::TransferEncoding,
-            19 => is("proxy-authorization") || rate_limit("ratelimit-remaining"),
-            _ => false,
-        };
-        if drop {
-            ResponseLine::Drop
-        } else {
-            ResponseLine::Relay
+        match KnownName::of(name) {
+            KnownName::HopByHop | KnownName::XRequestId => ResponseLine::Drop,
+            KnownName::RateLimit if drop_rate_limit => ResponseLine::Drop,
+            KnownName::Connection => ResponseLine::Connection,
+            KnownName::ContentLength => ResponseLine::ContentLength,
+            KnownName::TransferEncoding => ResponseLine::TransferEncoding,
+            KnownName::RateLimit
+            | KnownName::Host
+            | KnownName::XForwardedFor
+            | KnownName::XForwardedOther
+            | KnownName::Other => ResponseLine::Relay,
         }
     }
 }
