@@ -381,6 +381,18 @@ impl Gateway {
         get(self.addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()))
     }
 
+    /// GETs `path`, expects the gateway's `504 gateway_timeout`, and that it came within
+    /// `within` (a timeout that fires neither early nor much late).
+    pub fn assert_timeout_after(&self, path: &str, within: std::ops::Range<Duration>) {
+        let start = Instant::now();
+        self.get(path).assert_error(504, "gateway_timeout");
+        let took = start.elapsed();
+        assert!(
+            within.contains(&took),
+            "504 after {took:?}, not within {within:?}"
+        );
+    }
+
     pub fn send(&self, raw: &str) -> Response {
         send(self.addr, raw.as_bytes())
             .unwrap_or_else(|e| panic!("request failed: {e}\n{}", self.log()))
